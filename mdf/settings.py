@@ -1,0 +1,98 @@
+"""The one settings object of the service.
+
+Every process (scheduler, workers, trainer, the command line) reads its
+configuration from here. Precedence, lowest first: the defaults below, a
+``.env`` file, environment variables prefixed ``MDF_``, then command-line flags
+(which the CLI applies by setting the environment before the first read).
+"""
+
+from __future__ import annotations
+
+import functools
+import secrets
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MDF_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(
+        default=Path("var"),
+        description="Working directory for the embedded database, broker, masks and reports.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL; default: a SQLite file in the data directory.",
+    )
+    broker_url: str | None = Field(
+        default=None,
+        description="Redis URL of the Celery broker; default: an embedded Redis server.",
+    )
+    inboxes: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Inbox folders scanned by the scheduler (comma-separated in the environment).",
+    )
+    pseudonym_key: SecretStr | None = Field(
+        default=None,
+        description="HMAC key for patient pseudonyms; default: a random key kept in the data dir.",
+    )
+    chunk_size: int = Field(default=16, ge=1, le=1024, description="Images per inference task.")
+    requeue_after_s: int = Field(
+        default=3600, ge=1, description="Queued or processing images older than this are re-sent."
+    )
+    scan_cron: str = Field(
+        default="0 1 * * *", description="When the scheduler scans the inboxes (crontab, UTC)."
+    )
+    requeue_cron: str = Field(
+        default="*/15 * * * *", description="When the scheduler re-sends stalled work."
+    )
+    max_image_pixels: int = Field(
+        default=50_000_000, ge=1, description="Larger images are rejected as decompression bombs."
+    )
+    min_image_side: int = Field(default=64, ge=1, description="Smaller images are rejected.")
+    model_dir: Path | None = Field(
+        default=None, description="Checkpoint served when no model version is promoted yet."
+    )
+    device: str = Field(default="cpu", description="Torch device of an inference worker.")
+    log_format: Literal["auto", "json", "console"] = Field(
+        default="auto", description="auto: console on a terminal, JSON lines otherwise."
+    )
+    log_level: str = Field(default="INFO")
+
+    @field_validator("inboxes", mode="before")
+    @classmethod
+    def _split_inboxes(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'mdf.sqlite3').resolve()}"
+
+    @property
+    def masks_dir(self) -> Path:
+        return self.data_dir / "masks"
+
+    def resolved_pseudonym_key(self) -> bytes:
+        """The pseudonym key; a local key file is created once when none is configured."""
+        if self.pseudonym_key is not None:
+            return self.pseudonym_key.get_secret_value().encode()
+        key_file = self.data_dir / "pseudonym.key"
+        if not key_file.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            key_file.touch(mode=0o600)
+            key_file.write_text(secrets.token_hex(32))
+        return key_file.read_text().strip().encode()
+
+
+@functools.cache
+def get_settings() -> Settings:
+    return Settings()
