@@ -11,11 +11,10 @@ from __future__ import annotations
 import functools
 import secrets
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing_extensions import Annotated
 
 
 class Settings(BaseSettings):
@@ -45,11 +44,23 @@ class Settings(BaseSettings):
     requeue_after_s: int = Field(
         default=3600, ge=1, description="Queued or processing images older than this are re-sent."
     )
+    max_attempts: int = Field(
+        default=3, ge=1, description="Worker starts on one image before it is marked failed."
+    )
     scan_cron: str = Field(
         default="0 1 * * *", description="When the scheduler scans the inboxes (crontab, UTC)."
     )
     requeue_cron: str = Field(
         default="*/15 * * * *", description="When the scheduler re-sends stalled work."
+    )
+    train_cron: str = Field(
+        default="0 3 * * 0", description="When the trainer fine-tunes and evaluates (weekly)."
+    )
+    visibility_timeout_s: int = Field(
+        default=6 * 3600, ge=60, description="Broker re-delivers a task unacknowledged this long."
+    )
+    intake_processes: int = Field(
+        default=2, ge=1, le=64, description="Processes that read and parse files during intake."
     )
     max_image_pixels: int = Field(
         default=50_000_000, ge=1, description="Larger images are rejected as decompression bombs."

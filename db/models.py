@@ -1,0 +1,238 @@
+"""The schema: SQLAlchemy 2 typed models.
+
+Tables follow the life of a photograph: a ``Batch`` (one night's delivery) holds
+``Image`` rows (one per file, or per frame of a multi-frame DICOM) grouped in
+``Study`` rows; each image gets ``Prediction`` rows, one per ``ModelVersion``.
+``TrainingRun`` and ``Promotion`` record how model versions were made and chosen.
+Analysts read the ``study_results`` view (see the first migration).
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Enum,
+    ForeignKey,
+    Index,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import DateTime
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: DateTime(timezone=True),
+        dict[str, Any]: JSONType,
+        list[Any]: JSONType,
+    }
+
+
+class ImageStatus(enum.StrEnum):
+    REGISTERED = "registered"
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    DONE = "done"
+    REJECTED = "rejected"
+    FAILED = "failed"
+
+
+class Batch(Base):
+    """One delivery: an ingest of a folder, named by the operator or after the night."""
+
+    __tablename__ = "batches"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    source: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    files_seen: Mapped[int] = mapped_column(default=0)
+
+    images: Mapped[list[Image]] = relationship(back_populates="batch")
+
+
+class Study(Base):
+    """A patient's visit: the DICOM StudyInstanceUID, or the manifest's study id."""
+
+    __tablename__ = "studies"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_key: Mapped[str] = mapped_column(String(200), unique=True)
+    patient_pseudonym: Mapped[str | None] = mapped_column(String(64), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    images: Mapped[list[Image]] = relationship(back_populates="study")
+
+
+class Image(Base):
+    """One photograph to classify, identified by its content (sha256) and frame number."""
+
+    __tablename__ = "images"
+    __table_args__ = (
+        UniqueConstraint("sha256", "frame", name="uq_images_content"),
+        Index("ix_images_status_changed", "status", "status_changed_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    batch_id: Mapped[int] = mapped_column(ForeignKey("batches.id"), index=True)
+    study_id: Mapped[int | None] = mapped_column(ForeignKey("studies.id"), index=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    frame: Mapped[int] = mapped_column(default=0)
+    source_path: Mapped[str] = mapped_column(Text)
+    file_kind: Mapped[str | None] = mapped_column(String(16))
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    width: Mapped[int | None]
+    height: Mapped[int | None]
+    sop_class_uid: Mapped[str | None] = mapped_column(String(64))
+    modality: Mapped[str | None] = mapped_column(String(16))
+    study_uid: Mapped[str | None] = mapped_column(String(64))
+    series_uid: Mapped[str | None] = mapped_column(String(64))
+    sop_uid: Mapped[str | None] = mapped_column(String(64))
+    laterality: Mapped[str | None] = mapped_column(String(1))
+    patient_pseudonym: Mapped[str | None] = mapped_column(String(64), index=True)
+    clinical_text: Mapped[str | None] = mapped_column(Text)
+    label: Mapped[str | None] = mapped_column(String(64))  # ground truth, when known
+    data_source: Mapped[str | None] = mapped_column(String(100))  # dataset or site
+
+    status: Mapped[ImageStatus] = mapped_column(
+        Enum(ImageStatus, name="image_status", values_callable=lambda e: [m.value for m in e]),
+        default=ImageStatus.REGISTERED,
+    )
+    reason_code: Mapped[str | None] = mapped_column(String(64))
+    reason: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(default=0)
+    registered_at: Mapped[datetime] = mapped_column(default=utcnow)
+    queued_at: Mapped[datetime | None]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    status_changed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    batch: Mapped[Batch] = relationship(back_populates="images")
+    study: Mapped[Study | None] = relationship(back_populates="images")
+    paths: Mapped[list[ImagePath]] = relationship(back_populates="image")
+    predictions: Mapped[list[Prediction]] = relationship(back_populates="image")
+
+
+class ImagePath(Base):
+    """Every path a file was seen under: the same pixels under two names are one image."""
+
+    __tablename__ = "image_paths"
+    __table_args__ = (UniqueConstraint("image_id", "path", name="uq_image_paths"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), index=True)
+    batch_id: Mapped[int] = mapped_column(ForeignKey("batches.id"))
+    path: Mapped[str] = mapped_column(Text, index=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger, default=0)
+    seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    image: Mapped[Image] = relationship(back_populates="paths")
+    batch: Mapped[Batch] = relationship()
+
+
+class ModelVersion(Base):
+    """A checkpoint directory the workers can serve, identified by its manifest hash."""
+
+    __tablename__ = "model_versions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    path: Mapped[str] = mapped_column(Text)
+    manifest_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    preset: Mapped[str | None] = mapped_column(String(64))
+    labels: Mapped[list[Any]] = mapped_column(default=list)
+    metrics: Mapped[dict[str, Any] | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    promoted_at: Mapped[datetime | None]
+    is_promoted: Mapped[bool] = mapped_column(default=False)
+
+
+class Prediction(Base):
+    """A model version's answer for one image; at most one per (image, version)."""
+
+    __tablename__ = "predictions"
+    __table_args__ = (
+        UniqueConstraint("image_id", "model_version_id", name="uq_predictions_image_version"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), index=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    label: Mapped[str] = mapped_column(String(64))
+    probability: Mapped[float]
+    probabilities: Mapped[dict[str, Any]]
+    generated_text: Mapped[str | None] = mapped_column(Text)
+    text_label: Mapped[str | None] = mapped_column(String(64))
+    text_agrees: Mapped[bool]
+    mask_path: Mapped[str | None] = mapped_column(Text)
+    preprocess_ms: Mapped[float | None]
+    inference_ms: Mapped[float | None]
+    worker: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    image: Mapped[Image] = relationship(back_populates="predictions")
+    model_version: Mapped[ModelVersion] = relationship()
+
+
+class TrainingRun(Base):
+    """One fine-tuning and evaluation; its challenger may be promoted."""
+
+    __tablename__ = "training_runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    status: Mapped[str] = mapped_column(String(32), default="running")
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+    challenger_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    champion_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    metrics: Mapped[dict[str, Any] | None]
+    report_path: Mapped[str | None] = mapped_column(Text)
+    promoted: Mapped[bool] = mapped_column(default=False)
+    reason: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class Promotion(Base):
+    """Every promotion or rollback, with the metrics and reason behind it."""
+
+    __tablename__ = "promotions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    previous_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    action: Mapped[str] = mapped_column(String(16))  # promote | rollback
+    reason: Mapped[str] = mapped_column(Text)
+    metrics: Mapped[dict[str, Any] | None]
+    training_run_id: Mapped[int | None] = mapped_column(ForeignKey("training_runs.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+__all__ = [
+    "Base",
+    "Batch",
+    "Image",
+    "ImagePath",
+    "ImageStatus",
+    "ModelVersion",
+    "Prediction",
+    "Promotion",
+    "Study",
+    "TrainingRun",
+    "utcnow",
+]

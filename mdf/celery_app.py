@@ -1,0 +1,70 @@
+"""The Celery application: every queue, route, schedule and reliability setting in one place.
+
+The scheduler and the workers meet only through the task names below and the
+database: the scheduler sends ``CLASSIFY_CHUNK`` by name and never imports the
+model. Each process builds its app with :func:`create_app` and imports the task
+module it serves (``scheduler.tasks``, ``worker.tasks`` or ``training.tasks``).
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from celery.schedules import crontab
+
+from mdf.broker import broker_url
+from mdf.settings import Settings
+
+INFERENCE_QUEUE = "inference"
+INTAKE_QUEUE = "intake"
+TRAINING_QUEUE = "training"
+
+CLASSIFY_CHUNK = "mdf.classify_chunk"
+SCAN_INBOXES = "mdf.scan_inboxes"
+REQUEUE_STALLED = "mdf.requeue_stalled"
+TRAIN = "mdf.train"
+
+
+def cron(expression: str) -> crontab:
+    """A crontab from the five-field form used in the settings ("0 1 * * *")."""
+    fields = expression.split()
+    if len(fields) != 5:
+        raise ValueError(f"expected five crontab fields, got {expression!r}")
+    minute, hour, day_of_month, month_of_year, day_of_week = fields
+    return crontab(minute, hour, day_of_week, day_of_month, month_of_year)
+
+
+def create_app(settings: Settings) -> Celery:
+    app = Celery("mdf", set_as_current=True)
+    app.conf.update(
+        broker_url=broker_url(settings),
+        broker_connection_retry_on_startup=True,
+        # Long GPU tasks: the broker must not hand a running chunk to another worker.
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        task_ignore_result=True,  # results live in the database
+        task_serializer="json",
+        accept_content=["json"],
+        # At-least-once: a chunk is acknowledged only when done, and re-delivered
+        # when its worker dies; the database makes the writes idempotent.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_routes={
+            CLASSIFY_CHUNK: {"queue": INFERENCE_QUEUE},
+            SCAN_INBOXES: {"queue": INTAKE_QUEUE},
+            REQUEUE_STALLED: {"queue": INTAKE_QUEUE},
+            TRAIN: {"queue": TRAINING_QUEUE},
+        },
+        task_default_queue=INTAKE_QUEUE,
+        # Events let Flower show the fleet.
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        worker_hijack_root_logger=False,
+        timezone="UTC",
+        beat_schedule={
+            "scan-inboxes": {"task": SCAN_INBOXES, "schedule": cron(settings.scan_cron)},
+            "requeue-stalled": {"task": REQUEUE_STALLED, "schedule": cron(settings.requeue_cron)},
+            "train": {"task": TRAIN, "schedule": cron(settings.train_cron)},
+        },
+        beat_schedule_filename=str(settings.data_dir / "celerybeat-schedule"),
+    )
+    return app

@@ -1,0 +1,78 @@
+"""The scheduler's jobs as plain functions: the CLI and the Celery tasks are thin shells."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import structlog
+from celery import Celery
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.models import Batch, Image, ImageStatus
+from db.session import session_factory
+from mdf.celery_app import create_app
+from mdf.settings import Settings
+from scheduler.dispatch import enqueue_registered, requeue_stalled
+from scheduler.intake import IngestReport, ingest
+
+log = structlog.get_logger(__name__)
+
+
+class Scheduler:
+    """Intake and dispatch against one database and one broker."""
+
+    def __init__(self, settings: Settings, app: Celery | None = None):
+        self.settings = settings
+        self.sessions: sessionmaker[Session] = session_factory(settings.resolved_database_url)
+        self._app = app
+
+    @property
+    def app(self) -> Celery:
+        if self._app is None:
+            self._app = create_app(self.settings)
+        return self._app
+
+    def ingest(self, folder: Path, batch_name: str | None = None) -> tuple[IngestReport, int]:
+        report = ingest(
+            folder, settings=self.settings, sessions=self.sessions, batch_name=batch_name
+        )
+        queued = enqueue_registered(
+            self.app, self.sessions, self.settings.chunk_size, batch_id=report.batch_id
+        )
+        return report, queued
+
+    def scan_inboxes(self) -> list[IngestReport]:
+        reports = []
+        for inbox in self.settings.inboxes:
+            if not inbox.is_dir():
+                log.warning("inbox_missing", inbox=str(inbox))
+                continue
+            reports.append(self.ingest(inbox)[0])
+        return reports
+
+    def requeue(self, older_than_s: float | None = None) -> tuple[int, int]:
+        return requeue_stalled(
+            self.app,
+            self.sessions,
+            chunk_size=self.settings.chunk_size,
+            older_than_s=self.settings.requeue_after_s if older_than_s is None else older_than_s,
+            max_attempts=self.settings.max_attempts,
+        )
+
+    def status_counts(self, batch_name: str | None = None) -> dict[str, dict[str, int]]:
+        """Image counts per batch and status (every status present, zeros included)."""
+        query = (
+            select(Batch.name, Image.status, func.count(Image.id))
+            .join(Image, Image.batch_id == Batch.id)
+            .group_by(Batch.name, Image.status)
+            .order_by(Batch.name)
+        )
+        if batch_name is not None:
+            query = query.where(Batch.name == batch_name)
+        counts: dict[str, dict[str, int]] = {}
+        with self.sessions() as session:
+            for name, status, count in session.execute(query):
+                row = counts.setdefault(name, {s.value: 0 for s in ImageStatus})
+                row[ImageStatus(status).value] = count
+        return counts
