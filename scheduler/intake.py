@@ -21,11 +21,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import structlog
-from mdf.imaging import ProbedFile, Rejection, probe
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import Batch, Image, ImagePath, ImageStatus, Study, utcnow
+from mdf.imaging import ProbedFile, Rejection, probe
 from mdf.settings import Settings
 from scheduler.manifest import (
     MANIFEST_NAME,
@@ -157,6 +157,7 @@ class Registrar:
                         report.images += 1
                 else:
                     report.duplicates += 1
+                    self._describe(image, item)
                 self._add_path(image, item)
         self.session.flush()
 
@@ -177,8 +178,6 @@ class Registrar:
                 report.rejected_by_code[row.code] = report.rejected_by_code.get(row.code, 0) + 1
 
     def _new_image(self, item: Examined, frame: int) -> Image:
-        row = self.manifest.get(item.path.resolve(), ManifestRow())
-        probed = item.probed
         now = utcnow()
         image = Image(
             batch=self.batch,
@@ -189,30 +188,49 @@ class Registrar:
             registered_at=now,
             status_changed_at=now,
         )
+        self.session.add(image)
+        probed = item.probed
         if probed is None:
             image.status = ImageStatus.REJECTED
             image.reason_code = item.code
             image.reason = item.reason
             image.finished_at = now
             log.info("file_rejected", path=str(item.path), code=item.code, reason=item.reason)
-        else:
-            size = next(p for p in probed.images if p.frame == frame)
-            pseudonym = pseudonymise(row.patient_id or probed.patient_id, self.key)
-            image.status = ImageStatus.REGISTERED
-            image.file_kind = probed.kind
-            image.width, image.height = size.width, size.height
-            image.sop_class_uid = probed.sop_class_uid
-            image.modality = probed.modality
-            image.study_uid, image.series_uid = probed.study_uid, probed.series_uid
-            image.sop_uid = probed.sop_uid
-            image.laterality = normalise_laterality(row.laterality) or probed.laterality
-            image.patient_pseudonym = pseudonym
-            image.clinical_text = row.clinical_text or probed.clinical_text
-            image.label = row.label
-            image.data_source = row.source
-            image.study = self._study(row.study_id or probed.study_uid, pseudonym)
-        self.session.add(image)
+            return image
+        size = next(p for p in probed.images if p.frame == frame)
+        image.status = ImageStatus.REGISTERED
+        image.file_kind = probed.kind
+        image.width, image.height = size.width, size.height
+        image.sop_class_uid = probed.sop_class_uid
+        image.modality = probed.modality
+        image.study_uid, image.series_uid = probed.study_uid, probed.series_uid
+        image.sop_uid = probed.sop_uid
+        image.laterality = probed.laterality
+        image.clinical_text = probed.clinical_text
+        image.patient_pseudonym = pseudonymise(probed.patient_id, self.key)
+        self._describe(image, item)
         return image
+
+    def _describe(self, image: Image, item: Examined) -> None:
+        """Apply the manifest row of this path: it wins over the DICOM header.
+
+        A duplicate found under another name may bring the manifest row the first
+        name lacked, so this runs for every path of a registered image.
+        """
+        row = self.manifest.get(item.path.resolve())
+        if row is None or image.status is ImageStatus.REJECTED:
+            if image.study is None and image.study_uid:
+                image.study = self._study(image.study_uid, image.patient_pseudonym)
+            return
+        if row.patient_id:
+            image.patient_pseudonym = pseudonymise(row.patient_id, self.key)
+        image.laterality = normalise_laterality(row.laterality) or image.laterality
+        image.clinical_text = row.clinical_text or image.clinical_text
+        image.label = row.label or image.label
+        image.data_source = row.source or image.data_source
+        study_key = row.study_id or image.study_uid
+        if study_key:
+            image.study = self._study(study_key, image.patient_pseudonym)
 
     def _add_path(self, image: Image, item: Examined) -> None:
         """Record where the image was seen; a path seen before only gets its new stat."""
