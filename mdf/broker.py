@@ -9,6 +9,7 @@ Every process that resolves the URL finds the same server through that socket.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import subprocess
 import time
@@ -61,6 +62,14 @@ def ensure_embedded_redis(data_dir: Path, *, timeout_s: float = 10.0) -> Path:
             time.sleep(0.05)
         log.info("embedded_redis_started", socket=str(socket))
     return socket
+
+
+def stop_embedded_redis(data_dir: Path) -> None:
+    """Shut down the embedded Redis of ``data_dir``, if it runs (tests and benchmarks)."""
+    socket = (data_dir / "redis" / "redis.sock").resolve()
+    if _answers(socket):
+        with contextlib.suppress(redis.ConnectionError):
+            redis.Redis(unix_socket_path=str(socket)).shutdown(nosave=True)
 
 
 def _answers(socket: Path) -> bool:

@@ -19,9 +19,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import Batch, Image, ImagePath, ImageStatus, Study, utcnow
@@ -65,6 +66,14 @@ class IngestReport:
     duplicates: int = 0
     rejected: int = 0
     rejected_by_code: dict[str, int] = field(default_factory=dict)
+
+    def count(self, rejection: str | None) -> None:
+        """Count one new image, or one rejection with its code."""
+        if rejection is None:
+            self.images += 1
+        else:
+            self.rejected += 1
+            self.rejected_by_code[rejection] = self.rejected_by_code.get(rejection, 0) + 1
 
 
 def default_batch_name(folder: Path) -> str:
@@ -118,144 +127,186 @@ def examining(paths: list[Path], settings: Settings) -> Iterator[Iterator[Examin
 
 
 class Registrar:
-    """Writes examined files into one batch; keeps the lookups that make it idempotent."""
+    """Writes examined files into one batch with a few bulk statements per chunk.
+
+    Idempotency comes from looking up, per chunk, the images already known by
+    (sha256, frame) and the paths already recorded for them.
+    """
 
     def __init__(
-        self, session: Session, batch: Batch, key: bytes, manifest: dict[Path, ManifestRow]
+        self, session: Session, batch_id: int, key: bytes, manifest: dict[Path, ManifestRow]
     ):
         self.session = session
-        self.batch = batch
+        self.batch_id = batch_id
         self.key = key
         self.manifest = manifest
-        self.studies: dict[str, Study] = {}
-        self.paths: dict[tuple[int, str], ImagePath] = {}
 
     def register(self, examined: list[Examined], report: IngestReport) -> None:
         shas = {item.sha256 for item in examined}
-        existing = {
-            (image.sha256, image.frame): image
-            for image in self.session.scalars(select(Image).where(Image.sha256.in_(shas)))
+        known = {
+            (sha, frame): image_id
+            for image_id, sha, frame in self.session.execute(
+                select(Image.id, Image.sha256, Image.frame).where(Image.sha256.in_(shas))
+            )
         }
-        paths = {str(item.path) for item in examined}
-        self.paths = {
-            (row.image_id, row.path): row
-            for row in self.session.scalars(select(ImagePath).where(ImagePath.path.in_(paths)))
-        }
+        new: dict[tuple[str, int], dict[str, Any]] = {}
+        seen: list[tuple[tuple[str, int], Examined]] = []
         for item in examined:
             report.files += 1
-            frames = [p.frame for p in item.probed.images] if item.probed else [0]
-            for frame in frames:
-                image = existing.get((item.sha256, frame))
-                if image is None:
-                    image = self._new_image(item, frame)
-                    existing[(item.sha256, frame)] = image
-                    if image.status is ImageStatus.REJECTED:
-                        report.rejected += 1
-                        code = image.reason_code or "rejected"
-                        report.rejected_by_code[code] = report.rejected_by_code.get(code, 0) + 1
-                    else:
-                        report.images += 1
-                else:
+            for frame in [p.frame for p in item.probed.images] if item.probed else [0]:
+                key = (item.sha256, frame)
+                if key in new:
+                    new[key].update(self._described(item, new[key]))
                     report.duplicates += 1
-                    self._describe(image, item)
-                self._add_path(image, item)
-        self.session.flush()
+                elif key in known:
+                    self._describe_known(known[key], item)
+                    report.duplicates += 1
+                else:
+                    new[key] = self._row(item, frame)
+                    report.count(new[key].get("reason_code"))
+                seen.append((key, item))
+        known.update(self._insert_images(list(new.values())))
+        self._record_paths(seen, known)
 
     def reject_rows(self, bad_rows: list[BadRow], report: IngestReport) -> None:
         """Manifest rows that name no usable file: recorded, keyed by manifest and line."""
         for row in bad_rows:
             marker = hashlib.sha256(f"manifest:{row.manifest}:{row.line}:{row.file}".encode())
-            examined = Examined(
+            item = Examined(
                 row.manifest, marker.hexdigest(), 0, 0, code=row.code, reason=row.reason
             )
-            known = self.session.scalar(
-                select(Image).where(Image.sha256 == examined.sha256, Image.frame == 0)
-            )
-            if known is None:
-                image = self._new_image(examined, 0)
-                image.source_path = f"{row.manifest}:{row.line}:{row.file}"
-                report.rejected += 1
-                report.rejected_by_code[row.code] = report.rejected_by_code.get(row.code, 0) + 1
+            if self.session.scalar(select(Image.id).where(Image.sha256 == item.sha256)) is None:
+                values = self._row(item, 0)
+                values["source_path"] = f"{row.manifest}:{row.line}:{row.file}"
+                self._insert_images([values])
+                report.count(row.code)
 
-    def _new_image(self, item: Examined, frame: int) -> Image:
+    def _row(self, item: Examined, frame: int) -> dict[str, Any]:
         now = utcnow()
-        image = Image(
-            batch=self.batch,
-            sha256=item.sha256,
-            frame=frame,
-            source_path=str(item.path),
-            size_bytes=item.size,
-            registered_at=now,
-            status_changed_at=now,
-        )
-        self.session.add(image)
+        row: dict[str, Any] = {
+            "batch_id": self.batch_id,
+            "sha256": item.sha256,
+            "frame": frame,
+            "source_path": str(item.path),
+            "size_bytes": item.size,
+            "registered_at": now,
+            "status_changed_at": now,
+        }
         probed = item.probed
         if probed is None:
-            image.status = ImageStatus.REJECTED
-            image.reason_code = item.code
-            image.reason = item.reason
-            image.finished_at = now
             log.info("file_rejected", path=str(item.path), code=item.code, reason=item.reason)
-            return image
+            return row | {
+                "status": ImageStatus.REJECTED,
+                "reason_code": item.code,
+                "reason": item.reason,
+                "finished_at": now,
+            }
         size = next(p for p in probed.images if p.frame == frame)
-        image.status = ImageStatus.REGISTERED
-        image.file_kind = probed.kind
-        image.width, image.height = size.width, size.height
-        image.sop_class_uid = probed.sop_class_uid
-        image.modality = probed.modality
-        image.study_uid, image.series_uid = probed.study_uid, probed.series_uid
-        image.sop_uid = probed.sop_uid
-        image.laterality = probed.laterality
-        image.clinical_text = probed.clinical_text
-        image.patient_pseudonym = pseudonymise(probed.patient_id, self.key)
-        self._describe(image, item)
-        return image
+        row |= {
+            "status": ImageStatus.REGISTERED,
+            "file_kind": probed.kind,
+            "width": size.width,
+            "height": size.height,
+            "sop_class_uid": probed.sop_class_uid,
+            "modality": probed.modality,
+            "study_uid": probed.study_uid,
+            "series_uid": probed.series_uid,
+            "sop_uid": probed.sop_uid,
+            "laterality": probed.laterality,
+            "clinical_text": probed.clinical_text,
+            "patient_pseudonym": pseudonymise(probed.patient_id, self.key),
+            "study_key": probed.study_uid,
+        }
+        return row | self._described(item, row)
 
-    def _describe(self, image: Image, item: Examined) -> None:
-        """Apply the manifest row of this path: it wins over the DICOM header.
+    def _described(self, item: Examined, current: dict[str, Any]) -> dict[str, Any]:
+        """What this path's manifest row says of the image; it wins over the DICOM header.
 
-        A duplicate found under another name may bring the manifest row the first
-        name lacked, so this runs for every path of a registered image.
+        A duplicate found under another name may bring the row the first name
+        lacked, so this applies to every path of a registered image.
         """
         row = self.manifest.get(item.path.resolve())
-        if row is None or image.status is ImageStatus.REJECTED:
-            if image.study is None and image.study_uid:
-                image.study = self._study(image.study_uid, image.patient_pseudonym)
-            return
-        if row.patient_id:
-            image.patient_pseudonym = pseudonymise(row.patient_id, self.key)
-        image.laterality = normalise_laterality(row.laterality) or image.laterality
-        image.clinical_text = row.clinical_text or image.clinical_text
-        image.label = row.label or image.label
-        image.data_source = row.source or image.data_source
-        study_key = row.study_id or image.study_uid
+        if row is None or current.get("status") is ImageStatus.REJECTED:
+            return {}
+        values = {
+            "patient_pseudonym": pseudonymise(row.patient_id, self.key),
+            "laterality": normalise_laterality(row.laterality),
+            "clinical_text": row.clinical_text,
+            "label": row.label,
+            "data_source": row.source,
+            "study_key": row.study_id,
+        }
+        return {name: value for name, value in values.items() if value is not None}
+
+    def _describe_known(self, image_id: int, item: Examined) -> None:
+        image = self.session.get_one(Image, image_id)
+        values = self._described(item, {"status": image.status})
+        study_key = values.pop("study_key", None)
+        for name, value in values.items():
+            setattr(image, name, value)
         if study_key:
-            image.study = self._study(study_key, image.patient_pseudonym)
+            image.study_id = self._study_ids({study_key: image.patient_pseudonym})[study_key]
 
-    def _add_path(self, image: Image, item: Examined) -> None:
-        """Record where the image was seen; a path seen before only gets its new stat."""
-        path = str(item.path)
-        row = self.paths.get((image.id, path)) if image.id is not None else None
-        if row is None:
-            row = next((p for p in image.paths if p.path == path), None)
-        if row is None:
-            image.paths.append(
-                ImagePath(batch=self.batch, path=path, size_bytes=item.size, mtime_ns=item.mtime_ns)
+    def _insert_images(self, rows: list[dict[str, Any]]) -> dict[tuple[str, int], int]:
+        if not rows:
+            return {}
+        wanted = {
+            row["study_key"]: row.get("patient_pseudonym") for row in rows if row.get("study_key")
+        }
+        study_ids = self._study_ids(wanted)
+        for row in rows:
+            row["study_id"] = study_ids.get(row.pop("study_key", None))
+        inserted = self.session.execute(
+            insert(Image).returning(
+                Image.id, Image.sha256, Image.frame, sort_by_parameter_order=True
+            ),
+            rows,
+        )
+        return {(sha, frame): image_id for image_id, sha, frame in inserted}
+
+    def _study_ids(self, wanted: dict[str, str | None]) -> dict[str, int]:
+        """Ids of the studies with these keys, creating the missing ones."""
+        query = select(Study.study_key, Study.id).where(Study.study_key.in_(wanted))
+        ids = {key: study_id for key, study_id in self.session.execute(query)}
+        missing = [
+            {"study_key": key, "patient_pseudonym": pseudonym}
+            for key, pseudonym in wanted.items()
+            if key not in ids
+        ]
+        if missing:
+            created = self.session.execute(
+                insert(Study).returning(Study.study_key, Study.id, sort_by_parameter_order=True),
+                missing,
             )
-        else:
-            row.size_bytes, row.mtime_ns = item.size, item.mtime_ns
+            ids.update((key, study_id) for key, study_id in created)
+        return ids
 
-    def _study(self, key: str | None, pseudonym: str | None) -> Study | None:
-        if not key:
-            return None
-        study = self.studies.get(key)
-        if study is None:
-            study = self.session.scalar(select(Study).where(Study.study_key == key))
-            if study is None:
-                study = Study(study_key=key, patient_pseudonym=pseudonym)
-                self.session.add(study)
-            self.studies[key] = study
-        return study
+    def _record_paths(
+        self, seen: list[tuple[tuple[str, int], Examined]], images: dict[tuple[str, int], int]
+    ) -> None:
+        """Record where each image was seen; a path seen before only gets its new stat."""
+        paths = {str(item.path) for _, item in seen}
+        recorded = {
+            (row.image_id, row.path): row
+            for row in self.session.scalars(select(ImagePath).where(ImagePath.path.in_(paths)))
+        }
+        fresh: dict[tuple[int, str], dict[str, Any]] = {}
+        for key, item in seen:
+            image_id, path = images[key], str(item.path)
+            row = recorded.get((image_id, path))
+            if row is not None:
+                row.size_bytes, row.mtime_ns = item.size, item.mtime_ns
+            else:
+                fresh[(image_id, path)] = {
+                    "image_id": image_id,
+                    "batch_id": self.batch_id,
+                    "path": path,
+                    "size_bytes": item.size,
+                    "mtime_ns": item.mtime_ns,
+                    "seen_at": utcnow(),
+                }
+        if fresh:
+            self.session.execute(insert(ImagePath), list(fresh.values()))
 
 
 def _unchanged_paths(session: Session, folder: Path) -> dict[str, tuple[int, int]]:
@@ -325,12 +376,10 @@ def ingest(
         with examining(paths, settings) as examined:
             while chunk := list(itertools.islice(examined, WRITE_CHUNK)):
                 with sessions.begin() as session:
-                    batch = session.get_one(Batch, batch_id)
-                    Registrar(session, batch, key, manifest).register(chunk, report)
+                    Registrar(session, batch_id, key, manifest).register(chunk, report)
         with sessions.begin() as session:
-            batch = session.get_one(Batch, batch_id)
-            Registrar(session, batch, key, manifest).reject_rows(bad_rows, report)
-            batch.files_seen += report.files
+            Registrar(session, batch_id, key, manifest).reject_rows(bad_rows, report)
+            session.get_one(Batch, batch_id).files_seen += report.files
         log.info(
             "batch_ingested",
             batch=name,

@@ -18,7 +18,7 @@ import redis
 import sqlalchemy as sa
 
 from db.cli import upgrade
-from mdf.broker import ensure_embedded_redis
+from mdf.broker import ensure_embedded_redis, stop_embedded_redis
 from mdf.settings import Settings, get_settings
 
 POSTGRES_ADMIN_URL = os.environ.get("MDF_TEST_POSTGRES_URL")
@@ -67,13 +67,15 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 
 @pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Redis server: the one named by MDF_TEST_REDIS_URL, else an embedded one."""
     url = os.environ.get("MDF_TEST_REDIS_URL")
     if url:
-        return url
-    socket = ensure_embedded_redis(tmp_path_factory.mktemp("redis"))
-    return f"redis+socket://{socket}"
+        yield url
+        return
+    data_dir = tmp_path_factory.mktemp("redis")
+    yield f"redis+socket://{ensure_embedded_redis(data_dir)}"
+    stop_embedded_redis(data_dir)
 
 
 def redis_client(url: str) -> redis.Redis:
