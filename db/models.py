@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -149,6 +150,16 @@ class ModelVersion(Base):
     """A checkpoint directory the workers can serve, identified by its manifest hash."""
 
     __tablename__ = "model_versions"
+    __table_args__ = (
+        # At most one promoted version, whatever two promoters do at once.
+        Index(
+            "uq_model_versions_promoted",
+            "is_promoted",
+            unique=True,
+            sqlite_where=text("is_promoted"),
+            postgresql_where=text("is_promoted"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)

@@ -83,6 +83,14 @@ def upgrade() -> None:
         sa.UniqueConstraint("manifest_sha256"),
         sa.UniqueConstraint("name"),
     )
+    op.create_index(
+        "uq_model_versions_promoted",
+        "model_versions",
+        ["is_promoted"],
+        unique=True,
+        sqlite_where=sa.text("is_promoted"),
+        postgresql_where=sa.text("is_promoted"),
+    )
     op.create_table(
         "studies",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -306,6 +314,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_studies_patient_pseudonym"))
 
     op.drop_table("studies")
+    op.drop_index("uq_model_versions_promoted", table_name="model_versions")
     op.drop_table("model_versions")
     op.drop_table("batches")
     sa.Enum(name="image_status").drop(op.get_bind(), checkfirst=True)
