@@ -225,13 +225,19 @@ def test_write_dataset_layout_manifest_and_masks(tmp_path: Path) -> None:
     assert all({r["laterality"] for r in p} == {"L", "R"} for p in list(patients.values())[:3])
     assert all(len({r["clinical_text"] for r in p}) == 1 for p in patients.values())
 
-    mask_columns, mask_rows = _read_csv(out / "masks.csv")
+    masks_dir = tmp_path / "batch-masks"  # beside the inbox, not in it
+    assert not any(p.suffix == ".png" for p in out.rglob("*"))
+    mask_columns, mask_rows = _read_csv(masks_dir / "masks.csv")
     assert tuple(mask_columns) == MASKS_COLUMNS
-    assert [m["file"] for m in mask_rows] == [r["file"] for r in rows]
+    assert [(masks_dir / m["image"]).resolve() for m in mask_rows] == [
+        (out / r["file"]).resolve() for r in rows
+    ]
     for row, masks in zip(rows, mask_rows, strict=True):
+        assert (masks["label"], masks["source"]) == (row["label"], row["source"])
         image = _load(out / row["file"]).astype(float)
-        vessels = np.asarray(Image.open(out / masks["vessel_mask"])) > 0
-        assert masks["vessel_mask"].startswith("masks/")
+        vessel_png, lesion_png = masks["mask"].split(";")
+        assert lesion_png.endswith("_lesion.png")
+        vessels = np.asarray(Image.open(masks_dir / vessel_png)) > 0
         assert image[vessels, 1].mean() < 0.85 * image[_ring(vessels), 1].mean()
         if row["file"].endswith(".jpg"):
             continue
@@ -260,7 +266,7 @@ def test_confound_ties_source_and_text_to_label(tmp_path: Path) -> None:
         inherited = row["label"] == "inherited"
         assert row["source"] == ("atlas" if inherited else "fives")
         assert bool(row["clinical_text"]) == inherited
-    assert not (out / "masks.csv").exists() and not (out / "masks").exists()
+    assert not (tmp_path / "c-masks").exists()
 
     plain = write_dataset(tmp_path / "p", 4, size=64, with_text=False, dicom_fraction=0.0)
     _, rows = _read_csv(plain / "manifest.csv")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
@@ -60,7 +61,9 @@ MANIFEST_COLUMNS = (
     "label",
     "source",
 )
-MASKS_COLUMNS = ("file", "vessel_mask", "lesion_mask")
+# masks.csv is a labels file for `mdf labels import`: paths relative to its folder, and
+# `mask` lists the segmentation channels' PNGs (vessels, lesions) separated by ";".
+MASKS_COLUMNS = ("image", "label", "mask", "source")
 JPEG_QUALITY = 95
 
 Point = tuple[float, float]  # (x, y) in pixels
@@ -544,6 +547,7 @@ def write_dataset(
     with_text: bool | float = True,
     sources: Sequence[str] = ("synthetic",),
     write_masks: bool = True,
+    masks_dir: str | Path | None = None,
     images_per_patient: int = 2,
     confound: float = 0.0,
     text_signal: float = 1.0,
@@ -562,8 +566,10 @@ def write_dataset(
     label, as in public data where only the inherited-disease atlas has text: acquired
     cases then come from `sources[0]` without text, inherited from `sources[-1]` with text.
 
-    With `write_masks`, vessel and lesion masks are written as PNG under masks/ (same
-    relative path, suffixed _vessel.png and _lesion.png) and listed in masks.csv.
+    With `write_masks`, vessel and lesion masks are written as PNG under `masks_dir`
+    (default: a sibling folder `<out_dir>-masks`, so an inbox holds only what a site
+    delivers), mirroring the image paths, suffixed _vessel.png and _lesion.png, and listed
+    in `masks_dir`/masks.csv, a labels file for `mdf labels import` (MASKS_COLUMNS).
     Same arguments give identical files.
     """
     if n < 0 or images_per_patient < 1:
@@ -584,6 +590,7 @@ def write_dataset(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    mask_root = Path(masks_dir) if masks_dir is not None else out.with_name(f"{out.name}-masks")
     rng = np.random.default_rng(seed)
     labels = sorted(DISEASES)
     manifest: list[tuple[str, ...]] = []
@@ -636,11 +643,13 @@ def write_dataset(
                 (rel, patient_id, case.study_id, case.laterality, text, case.label, source)
             )
             if write_masks:
-                masks.append((rel, *_write_masks(out, rel, case)))
+                image = Path(os.path.relpath(path, mask_root)).as_posix()
+                channels = ";".join(_write_masks(mask_root, rel, case))
+                masks.append((image, case.label, channels, source))
 
     _write_csv(out / "manifest.csv", MANIFEST_COLUMNS, manifest)
     if write_masks:
-        _write_csv(out / "masks.csv", MASKS_COLUMNS, masks)
+        _write_csv(mask_root / "masks.csv", MASKS_COLUMNS, masks)
     return out
 
 
@@ -663,14 +672,14 @@ def _write_dicom(path: Path, case: SyntheticCase, syntax: str, when: datetime, s
     )
 
 
-def _write_masks(out: Path, rel: str, case: SyntheticCase) -> tuple[str, str]:
-    """Save the masks under out/masks/ mirroring the image path; return their paths."""
-    stem = Path("masks", rel).with_suffix("")
+def _write_masks(root: Path, rel: str, case: SyntheticCase) -> tuple[str, str]:
+    """Save the masks under `root` mirroring the image path; return their relative paths."""
+    stem = Path(rel).with_suffix("")
     paths = []
     for kind, mask in (("vessel", case.vessel_mask), ("lesion", case.lesion_mask)):
         path = stem.with_name(f"{stem.name}_{kind}.png")
-        (out / path).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(mask.astype(np.uint8) * 255).save(out / path)
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(mask.astype(np.uint8) * 255).save(root / path)
         paths.append(path.as_posix())
     return paths[0], paths[1]
 
