@@ -107,6 +107,8 @@ class Image(Base):
     patient_pseudonym: Mapped[str | None] = mapped_column(String(64), index=True)
     clinical_text: Mapped[str | None] = mapped_column(Text)
     label: Mapped[str | None] = mapped_column(String(64))  # ground truth, when known
+    # Ground-truth segmentation: one PNG per channel of the model's head, ";"-separated.
+    mask_path: Mapped[str | None] = mapped_column(Text)
     data_source: Mapped[str | None] = mapped_column(String(100))  # dataset or site
 
     status: Mapped[ImageStatus] = mapped_column(

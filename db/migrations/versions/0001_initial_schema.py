@@ -126,6 +126,7 @@ def upgrade() -> None:
         sa.Column("patient_pseudonym", sa.String(length=64), nullable=True),
         sa.Column("clinical_text", sa.Text(), nullable=True),
         sa.Column("label", sa.String(length=64), nullable=True),
+        sa.Column("mask_path", sa.Text(), nullable=True),
         sa.Column("data_source", sa.String(length=100), nullable=True),
         sa.Column(
             "status",

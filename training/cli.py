@@ -1,0 +1,134 @@
+"""``mdf synth``, ``mdf labels import``, ``mdf models``, ``mdf promote``, ``mdf rollback``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from mdf.settings import get_settings
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    synth = subparsers.add_parser("synth", help="write synthetic fundus images as a site would")
+    synth.add_argument("directory", type=Path)
+    synth.add_argument("-n", "--images", type=int, default=32)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--size", type=int, default=512)
+    synth.add_argument("--dicom-fraction", type=float, default=0.5)
+    synth.add_argument("--sources", default="synthetic", help="comma-separated source names")
+    synth.add_argument(
+        "--confound",
+        type=float,
+        default=0.0,
+        help="fraction of patients whose source follows label",
+    )
+    synth.set_defaults(handler=_synth)
+
+    labels = subparsers.add_parser("labels", help="ground-truth labels").add_subparsers(
+        dest="labels_command", required=True
+    )
+    importer = labels.add_parser("import", help="import a labels CSV (image|study, label, ...)")
+    importer.add_argument("file", type=Path)
+    importer.set_defaults(handler=_labels_import)
+
+    models = subparsers.add_parser("models", help="model versions, the promoted one marked")
+    models.add_argument("--json", action="store_true")
+    models.set_defaults(handler=_models)
+
+    promote = subparsers.add_parser("promote", help="serve a model version from the next chunk")
+    promote.add_argument("version", help="version name")
+    promote.add_argument("--reason", default="promoted by an operator")
+    promote.set_defaults(handler=_promote)
+
+    rollback = subparsers.add_parser("rollback", help="promote again the version replaced last")
+    rollback.add_argument("--reason", default="rolled back by an operator")
+    rollback.set_defaults(handler=_rollback)
+
+
+def _sessions():
+    from db.session import session_factory
+
+    return session_factory(get_settings().resolved_database_url)
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from training.synthetic import write_dataset
+
+    out = write_dataset(
+        args.directory,
+        args.images,
+        seed=args.seed,
+        size=args.size,
+        dicom_fraction=args.dicom_fraction,
+        sources=tuple(s.strip() for s in args.sources.split(",") if s.strip()),
+        confound=args.confound,
+    )
+    print(f"{args.images} images in {out}, masks and labels in {out}-masks/masks.csv")
+    return 0
+
+
+def _labels_import(args: argparse.Namespace) -> int:
+    from training.labels import import_labels
+
+    report = import_labels(args.file, _sessions())
+    print(f"{report.rows} rows, {report.images} images labelled, {len(report.unmatched)} unmatched")
+    for line in report.unmatched:
+        print(f"  {line}")
+    return 0 if not report.unmatched else 1
+
+
+def _models(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from db.models import ModelVersion
+
+    with _sessions()() as session:
+        versions = session.scalars(select(ModelVersion).order_by(ModelVersion.id)).all()
+        rows = [
+            {
+                "name": v.name,
+                "promoted": v.is_promoted,
+                "created_at": v.created_at.isoformat(),
+                "preset": v.preset,
+                "accuracy": (v.metrics or {}).get("accuracy"),
+                "path": v.path,
+            }
+            for v in versions
+        ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"  {'name':<16}{'created':<22}{'accuracy':>9}  path")
+    for row in rows:
+        mark = "*" if row["promoted"] else " "
+        accuracy = f"{row['accuracy']:.3f}" if row["accuracy"] is not None else "-"
+        print(f"{mark} {row['name']:<16}{row['created_at'][:19]:<22}{accuracy:>9}  {row['path']}")
+    return 0
+
+
+def _promote(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from db.models import ModelVersion
+    from db.versions import promote
+
+    with _sessions().begin() as session:
+        version = session.scalar(select(ModelVersion).where(ModelVersion.name == args.version))
+        if version is None:
+            print(f"no model version named {args.version!r}; see `mdf models`")
+            return 2
+        promote(session, version, reason=args.reason)
+    print(f"promoted {args.version}")
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from db.models import ModelVersion
+    from db.versions import rollback
+
+    with _sessions().begin() as session:
+        record = rollback(session, reason=args.reason)
+        name = session.get_one(ModelVersion, record.model_version_id).name
+    print(f"rolled back to {name}")
+    return 0
