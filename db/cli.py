@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
 import structlog
 from alembic import command
@@ -30,6 +31,7 @@ def upgrade(url: str, revision: str = "head") -> None:
 
 
 def _upgrade(args: argparse.Namespace) -> int:
+    logging.getLogger("alembic").setLevel(logging.INFO)  # show each migration as it runs
     url = get_settings().resolved_database_url
     upgrade(url, args.revision)
     log.info("database_upgraded", revision=args.revision)

@@ -57,3 +57,5 @@ def configure_logging(settings: Settings, *, stream: Any = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Alembic narrates every schema check; `mdf db upgrade` turns it back on.
+    logging.getLogger("alembic").setLevel(max(level, logging.WARNING))
