@@ -243,3 +243,51 @@ def test_cli_ingest_and_status(settings: Settings, broker: redis.Redis, inbox: P
         }
     }  # fmt: skip
     assert "cli-night" in mdf("status")
+
+
+def test_every_corpus_file_ends_registered_or_rejected_with_its_reason(
+    settings: Settings, broker: redis.Redis, tmp_path: Path
+) -> None:
+    from corpus import build_corpus, expected_images
+
+    expected = build_corpus(tmp_path / "corpus")
+    before = snapshot(tmp_path / "corpus")
+    report, _ = Scheduler(settings).ingest(tmp_path / "corpus", "odd-night")
+
+    assert report.files == len(expected)
+    outcomes: dict[str, list[Image]] = {}
+    for image in images(Scheduler(settings)):
+        outcomes.setdefault(Path(image.source_path).name, []).append(image)
+    for name, outcome in expected.items():
+        rows = outcomes[name]
+        if outcome.startswith("ok:"):
+            assert len(rows) == expected_images(outcome), name
+            assert {r.status for r in rows} == {ImageStatus.QUEUED}, name
+        else:
+            assert [(r.status, r.reason_code) for r in rows] == [(ImageStatus.REJECTED, outcome)], (
+                name
+            )
+            assert rows[0].reason and rows[0].finished_at is not None
+    assert snapshot(tmp_path / "corpus") == before
+
+
+def test_pydicom_test_files_never_stop_a_batch(
+    settings: Settings, broker: redis.Redis, tmp_path: Path
+) -> None:
+    from pydicom.data import get_testdata_files
+
+    inbox = tmp_path / "vendors"
+    inbox.mkdir()
+    sources = [Path(p) for p in get_testdata_files() if Path(p).is_file()]
+    for i, source in enumerate(sources):
+        (inbox / f"{i:03d}-{source.name}").write_bytes(source.read_bytes())
+
+    report, queued = Scheduler(settings).ingest(inbox, "vendors")
+    assert report.files == len(sources) > 150
+    rows = images(Scheduler(settings))
+    seen = {Path(p.source_path).name for p in rows}
+    with Scheduler(settings).sessions() as session:
+        seen |= {Path(p).name for p in session.scalars(select(ImagePath.path))}
+    assert seen == {p.name for p in inbox.iterdir()}  # every file has its row
+    assert all(r.reason for r in rows if r.status is ImageStatus.REJECTED)
+    assert queued == sum(r.status is ImageStatus.QUEUED for r in rows) > 10

@@ -140,7 +140,7 @@ def _set_pixels(ds: Dataset, frames: np.ndarray, syntax: str, multi_frame_iod: b
             # The OP IOD allows JPEG 2000 lossless colour only with the reversible colour
             # transform (PS3.3 C.8.17.2); SC accepts it too, so both use it.
             ds.PhotometricInterpretation = "YBR_RCT"
-        ds.compress(uid, frames if len(frames) > 1 else frames[0])
+        ds.compress(uid, frames if len(frames) > 1 else frames[0], generate_instance_uid=False)
 
 
 def write_dicom_op(

@@ -1,0 +1,330 @@
+"""Read a DICOM file's header cheaply, apply the intake policy to it, and decode its frames.
+
+The header is parsed up to the Pixel Data element only. Completeness is then checked on
+the raw bytes without decoding: for native transfer syntaxes the Pixel Data length must
+cover Rows x Columns x Samples x Bits Allocated / 8 x Frames; for encapsulated ones the
+item sequence must reach its delimiter and hold a fragment for every frame.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+from io import BytesIO
+
+import numpy as np
+from pydicom import dcmread
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.pixels import get_decoder, pixel_array
+from pydicom.pixels.utils import get_expected_length, get_nr_frames
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from mdf.image_rejection import Rejection, check_size
+
+__all__ = [
+    "ACCEPTED_MODALITIES",
+    "ACCEPTED_SOP_CLASSES",
+    "CLINICAL_TEXT_KEYWORD",
+    "DicomHeader",
+    "decode_dicom_frame",
+    "inspect_dicom",
+]
+
+ACCEPTED_SOP_CLASSES = frozenset(
+    {
+        "1.2.840.10008.5.1.4.1.1.77.1.5.1",  # Ophthalmic Photography 8 Bit Image
+        "1.2.840.10008.5.1.4.1.1.77.1.5.2",  # Ophthalmic Photography 16 Bit Image
+        "1.2.840.10008.5.1.4.1.1.77.1.4",  # VL Photographic Image
+        "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture Image
+        "1.2.840.10008.5.1.4.1.1.7.4",  # Multi-frame True Color Secondary Capture Image
+    }
+)
+# OP: ophthalmic photography; XC: external-camera (VL) photography; OT: "other", which
+# secondary captures of fundus photographs usually carry.
+ACCEPTED_MODALITIES = frozenset({"OP", "XC", "OT"})
+COLOUR_PHOTOMETRICS = frozenset({"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT"})
+# PALETTE COLOR is a pseudo-colour rendering of one channel, not a colour photograph.
+MONOCHROME_PHOTOMETRICS = frozenset({"MONOCHROME1", "MONOCHROME2", "PALETTE COLOR"})
+# Free clinical text: Additional Patient History (0010,21B0), as training.dicom_export writes.
+CLINICAL_TEXT_KEYWORD = "AdditionalPatientHistory"
+
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+_LONG_LENGTH_VRS = frozenset({b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN"})
+_ITEM, _SEQUENCE_DELIMITER = 0xFFFEE000, 0xFFFEE0DD
+
+
+@dataclass(frozen=True)
+class DicomHeader:
+    """An accepted DICOM image object: its header facts and how its pixels are stored.
+
+    `patient_id` is the raw identifier: pseudonymise it at once and never log it.
+    """
+
+    ds: Dataset  # the data set up to, not including, its Pixel Data
+    transfer_syntax: UID
+    rows: int
+    columns: int
+    frames: int
+    bits_stored: int
+    photometric: str
+    sop_class_uid: str
+    modality: str | None
+    study_uid: str | None
+    series_uid: str | None
+    sop_uid: str | None
+    patient_id: str | None
+    laterality: str | None
+    clinical_text: str | None
+
+
+def inspect_dicom(data: bytes, max_pixels: int, min_side: int) -> DicomHeader:
+    """Parse the header of the DICOM file `data`, apply the policy, check pixel completeness."""
+    stream = BytesIO(data)
+    try:
+        ds = dcmread(stream, force=True, stop_before_pixels=True)
+    except (zlib.error, EOFError, struct.error) as exc:  # what pydicom meets at a cut
+        raise Rejection("truncated", f"DICOM header is cut short ({exc})") from exc
+    except Exception as exc:  # pydicom raises many types for malformed headers.
+        raise Rejection("decode_error", f"DICOM header cannot be parsed ({exc})") from exc
+    # A deflated data set is inflated into a buffer of its own; offsets refer to that one.
+    source = ds.buffer
+    body = data if source is stream else source.getvalue()  # type: ignore[union-attr]
+    offset = source.tell()  # type: ignore[union-attr]  # at the Pixel Data tag, or the end
+    try:
+        header = _image_header(ds, body, offset)
+        check_size(header.columns, header.rows, max_pixels, min_side)
+        _check_pixel_data(header, body, offset)
+    except Rejection:
+        raise
+    except Exception as exc:  # pydicom converts values lazily: a malformed one raises here.
+        raise Rejection("decode_error", f"DICOM header holds a malformed value ({exc})") from exc
+    return header
+
+
+def decode_dicom_frame(data: bytes, frame: int, max_pixels: int) -> np.ndarray:
+    """Decode frame `frame` of the DICOM file `data` as HxWx3 uint8 RGB.
+
+    pydicom converts YBR_* to RGB (its `as_rgb` default; codecs that already return RGB,
+    as for JPEG baseline YBR_FULL_422, are recognised). More than 8 bits stored are
+    rescaled to 0..255.
+    """
+    header = inspect_dicom(data, max_pixels, min_side=1)
+    if not 0 <= frame < header.frames:
+        raise Rejection(
+            "decode_error", f"frame {frame} requested; the file holds {header.frames} frame(s)"
+        )
+    try:
+        ds = dcmread(BytesIO(data), force=True)
+        ds.file_meta.TransferSyntaxUID = header.transfer_syntax  # absent from bare data sets
+        pixels = pixel_array(ds, index=frame)
+    except Exception as exc:  # decoder plugins raise many types for damaged data.
+        raise Rejection(
+            "decode_error",
+            f"DICOM frame {frame} ({header.transfer_syntax.name}) cannot be decoded ({exc})",
+        ) from exc
+    if pixels.shape != (header.rows, header.columns, 3):
+        raise Rejection("decode_error", f"DICOM frame decoded to shape {pixels.shape}")
+    if pixels.dtype == np.uint8 and header.bits_stored == 8:
+        return pixels
+    top = (1 << header.bits_stored) - 1
+    scaled = (np.clip(pixels, 0, top).astype(np.uint32) * 255 + top // 2) // top
+    return scaled.astype(np.uint8)
+
+
+def _image_header(ds: Dataset, body: bytes, offset: int) -> DicomHeader:
+    """Apply the policy to the header, most telling reason first."""
+    at_pixel_data = offset + 8 <= len(body)
+    if not at_pixel_data and _cut_short(ds, len(body)):
+        raise Rejection("truncated", f"DICOM data set is cut short at byte {len(body):,}")
+    _check_object(ds)
+    if not at_pixel_data:
+        raise Rejection("no_pixel_data", f"DICOM {_object_name(ds)} has no Pixel Data element")
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    if photometric in MONOCHROME_PHOTOMETRICS:
+        raise Rejection(
+            "grayscale",
+            f"DICOM photometric interpretation {photometric} is not a colour photograph "
+            "(red-free and monochrome images are not screened)",
+        )
+    syntax = _transfer_syntax(ds)
+    try:
+        available = get_decoder(syntax).is_available
+    except NotImplementedError:
+        available = False
+    if not available:
+        raise Rejection(
+            "unsupported_transfer_syntax",
+            f"DICOM transfer syntax {syntax.name} ({syntax}) cannot be decoded here",
+        )
+    samples, allocated = ds.get("SamplesPerPixel"), ds.get("BitsAllocated")
+    if photometric not in COLOUR_PHOTOMETRICS or samples != 3 or allocated not in (8, 16):
+        raise Rejection(
+            "unsupported_format",
+            f"DICOM pixels are {photometric or 'of no photometric interpretation'}, "
+            f"{samples} samples of {allocated} bits (expected RGB or YBR, 3 samples of 8 or 16)",
+        )
+    rows, columns = ds.get("Rows"), ds.get("Columns")
+    if not rows or not columns:
+        raise Rejection("decode_error", "DICOM image has no Rows or Columns")
+    stored, frames = int(ds.get("BitsStored") or allocated), int(get_nr_frames(ds, warn=False))
+    if not 1 <= stored <= allocated or frames < 1:
+        raise Rejection(
+            "decode_error",
+            f"DICOM image claims {stored} of {allocated} bits stored and {frames} frame(s)",
+        )
+    return DicomHeader(
+        ds=ds,
+        transfer_syntax=syntax,
+        rows=int(rows),
+        columns=int(columns),
+        frames=frames,
+        bits_stored=stored,
+        photometric=photometric,
+        sop_class_uid=_sop_class(ds),
+        modality=_text(ds, "Modality"),
+        study_uid=_text(ds, "StudyInstanceUID"),
+        series_uid=_text(ds, "SeriesInstanceUID"),
+        sop_uid=_text(ds, "SOPInstanceUID"),
+        patient_id=_text(ds, "PatientID"),
+        laterality=_laterality(ds),
+        clinical_text=_text(ds, CLINICAL_TEXT_KEYWORD),
+    )
+
+
+def _check_object(ds: Dataset) -> None:
+    """Accept only photographs: the Modality first, as people know it, then the SOP class."""
+    modality = _text(ds, "Modality")
+    expected = (
+        "is not a fundus photograph (expected Ophthalmic Photography, VL Photographic or "
+        "a colour Secondary Capture with modality OP, XC or OT)"
+    )
+    if modality is not None and modality.upper() not in ACCEPTED_MODALITIES:
+        raise Rejection("unsupported_modality", f"DICOM {_object_name(ds)} {expected}")
+    if _sop_class(ds) not in ACCEPTED_SOP_CLASSES:
+        raise Rejection("unsupported_sop_class", f"DICOM {_object_name(ds)} {expected}")
+
+
+def _object_name(ds: Dataset) -> str:
+    """'modality CT (CT Image Storage)': how a reason names a DICOM object."""
+    sop_class = _sop_class(ds)
+    sop_name = UID(sop_class).name if sop_class else "no SOP Class UID"
+    return f"modality {_text(ds, 'Modality') or '(none)'} ({sop_name})"
+
+
+def _cut_short(ds: Dataset, size: int) -> bool:
+    """Whether the data set is empty or ends somewhere other than after its last element.
+
+    pydicom keeps a last element whose value runs past the end, and silently drops a
+    partial element header: either way the last element does not end where the data does.
+    Undefined-length sequences record no end, so a data set ending in one counts as whole.
+    """
+    if not ds:
+        return True
+    last = ds.get_item(max(ds.keys()))
+    return (
+        isinstance(last, RawDataElement)
+        and last.length != _UNDEFINED_LENGTH
+        and last.value_tell + last.length != size
+    )
+
+
+def _transfer_syntax(ds: Dataset) -> UID:
+    """The file meta's transfer syntax, or the encoding pydicom found in a bare data set."""
+    syntax = ds.file_meta.get("TransferSyntaxUID")
+    if syntax:
+        return UID(syntax)
+    implicit, little = ds.original_encoding
+    if implicit:
+        return ImplicitVRLittleEndian
+    return ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+
+
+def _check_pixel_data(header: DicomHeader, body: bytes, offset: int) -> None:
+    """Check the Pixel Data element at `offset` holds every frame the header promises."""
+    endian = "<" if header.ds.original_encoding[1] else ">"
+    if struct.unpack_from(f"{endian}HH", body, offset) != (0x7FE0, 0x0010):
+        raise Rejection("unsupported_format", "DICOM holds float pixel data, not an image")
+    # The VR says whether the element is explicit: some files declare an explicit transfer
+    # syntax but are written implicit, which pydicom detects without recording it.
+    start = offset + (12 if body[offset + 4 : offset + 6] in _LONG_LENGTH_VRS else 8)
+    if start > len(body):
+        raise Rejection("truncated", "DICOM file ends inside its Pixel Data element header")
+    (length,) = struct.unpack_from(f"{endian}L", body, start - 4)
+    encapsulated = header.transfer_syntax.is_encapsulated
+    if encapsulated != (length == _UNDEFINED_LENGTH):
+        raise Rejection(
+            "decode_error",
+            f"DICOM Pixel Data length does not fit transfer syntax {header.transfer_syntax.name}",
+        )
+    if not encapsulated:
+        expected = get_expected_length(header.ds)
+        available = min(length, len(body) - start)
+        if available < expected:
+            raise Rejection(
+                "truncated",
+                f"DICOM Pixel Data holds {available:,} of the {expected:,} bytes "
+                f"that {header.frames} frame(s) of {header.columns}x{header.rows} need",
+            )
+        return
+    table_entries, fragments = _walk_items(body, start, endian)
+    if fragments < header.frames:
+        raise Rejection(
+            "truncated",
+            f"encapsulated Pixel Data holds {fragments} fragment(s) for {header.frames} frame(s)",
+        )
+    if table_entries and table_entries != header.frames:
+        raise Rejection(
+            "decode_error",
+            f"Basic Offset Table lists {table_entries} frame(s), "
+            f"Number of Frames says {header.frames}",
+        )
+
+
+def _walk_items(body: bytes, start: int, endian: str) -> tuple[int, int]:
+    """Walk encapsulated Pixel Data items to the sequence delimiter without copying them.
+
+    Returns the number of Basic Offset Table entries and the number of fragments.
+    """
+    lengths = []
+    position = start
+    while True:
+        if position + 8 > len(body):
+            raise Rejection(
+                "truncated", "encapsulated Pixel Data ends before its sequence delimiter"
+            )
+        group, element, length = struct.unpack_from(f"{endian}HHL", body, position)
+        tag = group << 16 | element
+        if tag == _SEQUENCE_DELIMITER:
+            break
+        if tag != _ITEM or length == _UNDEFINED_LENGTH:
+            raise Rejection(
+                "decode_error", f"encapsulated Pixel Data is malformed at byte {position:,}"
+            )
+        lengths.append(length)
+        position += 8 + length
+    if not lengths:
+        raise Rejection("decode_error", "encapsulated Pixel Data lacks its Basic Offset Table")
+    return lengths[0] // 4, len(lengths) - 1
+
+
+def _sop_class(ds: Dataset) -> str:
+    """SOP Class UID from the data set, else from the file meta; '' when neither has it."""
+    return _text(ds, "SOPClassUID") or str(ds.file_meta.get("MediaStorageSOPClassUID", ""))
+
+
+def _text(ds: Dataset, keyword: str) -> str | None:
+    """A header value as stripped text, None when absent or empty."""
+    value = ds.get(keyword)
+    text = str(value).strip() if value is not None else ""
+    return text or None
+
+
+def _laterality(ds: Dataset) -> str | None:
+    """'L' or 'R' from Image Laterality, else Laterality; None for both eyes or unknown."""
+    for keyword in ("ImageLaterality", "Laterality"):
+        value = (_text(ds, keyword) or "").upper()
+        if value in ("L", "R"):
+            return value
+    return None
