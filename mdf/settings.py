@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     requeue_cron: str = Field(
         default="*/15 * * * *", description="When the scheduler re-sends stalled work."
     )
+    train_config: Path | None = Field(
+        default=None, description="Training configuration (YAML or JSON) of the weekly run."
+    )
     train_cron: str = Field(
         default="0 3 * * 0", description="When the trainer fine-tunes and evaluates (weekly)."
     )
@@ -74,6 +77,9 @@ class Settings(BaseSettings):
         default="auto", description="auto: console on a terminal, JSON lines otherwise."
     )
     log_level: str = Field(default="INFO")
+    max_new_tokens: int = Field(
+        default=16, ge=1, le=512, description="Tokens an inference worker generates per image."
+    )
 
     @field_validator("inboxes", mode="before")
     @classmethod

@@ -109,3 +109,11 @@ def settings(
         monkeypatch.setenv(name, value)
     get_settings.cache_clear()
     return get_settings()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny MDF-MLLM checkpoint, built once per test session (no weights downloaded)."""
+    from mdf_model import build_tiny_checkpoint
+
+    return Path(build_tiny_checkpoint(tmp_path_factory.mktemp("checkpoint") / "tiny", seed=0))

@@ -32,6 +32,20 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     importer.add_argument("file", type=Path)
     importer.set_defaults(handler=_labels_import)
 
+    train = subparsers.add_parser("train", help="fine-tune, evaluate, promote if better")
+    train.add_argument("--config", type=Path, help="YAML or JSON training configuration")
+    train.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the estimated GPU memory of the configured strategy for the 11B preset",
+    )
+    train.set_defaults(handler=_train)
+
+    trainer = subparsers.add_parser(
+        "trainer", help="serve the training queue (the weekly run scheduled by `mdf scheduler`)"
+    )
+    trainer.set_defaults(handler=_trainer)
+
     models = subparsers.add_parser("models", help="model versions, the promoted one marked")
     models.add_argument("--json", action="store_true")
     models.set_defaults(handler=_models)
@@ -65,6 +79,37 @@ def _synth(args: argparse.Namespace) -> int:
         confound=args.confound,
     )
     print(f"{args.images} images in {out}, masks and labels in {out}-masks/masks.csv")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from training.config import TrainConfig
+
+    config = TrainConfig.from_file(args.config) if args.config else TrainConfig()
+    if args.dry_run:
+        from training.memory import estimate, format_estimate
+
+        print(format_estimate(estimate(config)))
+        return 0
+    from training.run import train_and_evaluate
+
+    result = train_and_evaluate(config, get_settings())
+    print(f"run {result.run_id}: version {result.version} in {result.seconds:.0f} s")
+    for name, scores in result.metrics.items():
+        print(f"  {name:<28} accuracy {scores['accuracy']:.3f}  macro F1 {scores['macro_f1']:.3f}")
+    print(f"  {'promoted' if result.promoted else 'not promoted'}: {result.reason}")
+    print(f"  report: {result.report}")
+    return 0
+
+
+def _trainer(args: argparse.Namespace) -> int:
+    import training.tasks  # noqa: F401  (registers the task this process serves)
+    from mdf.celery_app import TRAINING_QUEUE, create_app
+
+    app = create_app(get_settings())
+    app.worker_main(
+        ["worker", "--queues", TRAINING_QUEUE, "--pool", "solo", "--hostname", "trainer@%h"]
+    )
     return 0
 
 

@@ -1,0 +1,100 @@
+"""Training on the tiny preset: early stopping, freezing, a whole run recorded and promoted."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import redis
+import torch
+from sqlalchemy import select
+
+from db.models import ModelVersion, Promotion, TrainingRun
+from mdf.settings import Settings
+from scheduler.service import Scheduler
+from training.config import EarlyStopping, TrainConfig
+from training.memory import estimate
+from training.run import load_for_training, train_and_evaluate
+from training.synthetic import write_dataset
+from training.trainer import ComponentWatch
+
+
+def test_a_component_stops_after_patience_epochs_without_improvement() -> None:
+    watch = ComponentWatch("seg_loss")
+    rule = EarlyStopping(patience=2, min_delta=0.01)
+    losses = [1.0, 0.8, 0.795, 0.81, 0.7]
+    stopped = [watch.update(epoch, loss, rule) for epoch, loss in enumerate(losses, start=1)]
+    assert stopped == [False, False, False, True, False]  # epoch 4: 2 epochs past best (2)
+    assert (watch.best_epoch, watch.stopped_at) == (2, 4)
+
+
+def test_cross_attention_strategy_trains_only_the_base_cross_attention(
+    tiny_checkpoint: Path,
+) -> None:
+    classifier = load_for_training(tiny_checkpoint, TrainConfig(strategy="cross_attention"))
+    model = classifier.model
+    layers = model.base.model.language_model.layers
+    cross = set(model.base.config.text_config.cross_attention_layers)
+    for index, layer in enumerate(layers):
+        trainable = {p.requires_grad for p in layer.parameters()}
+        assert trainable == {index in cross}, index
+    assert not any(p.requires_grad for p in model.base.model.vision_model.parameters())
+    assert all(p.requires_grad for p in model.component_parameters("unet"))
+
+
+def test_dry_run_estimate_for_the_11b_preset() -> None:
+    full = estimate(TrainConfig())
+    partial = estimate(TrainConfig(strategy="cross_attention"))
+    assert 10.5e9 < full.total_parameters < 11.2e9
+    assert full.total_gib > 80 > partial.total_gib  # full AdamW cannot fit one 80 GB GPU
+    assert partial.trainable_parameters["mllm"] < full.trainable_parameters["mllm"] / 4
+
+
+@pytest.fixture
+def labelled_night(settings: Settings, broker: redis.Redis, tmp_path: Path) -> Settings:
+    inbox = write_dataset(tmp_path / "inbox", 24, seed=4, size=96, dicom_fraction=0.25)
+    Scheduler(settings).ingest(inbox, "labelled")  # the manifest carries the labels
+    return settings
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # the model's part is slow
+def test_a_training_run_is_recorded_and_the_first_challenger_promoted(
+    labelled_night: Settings, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    config = TrainConfig(
+        checkpoint=tiny_checkpoint,
+        output_dir=tmp_path / "runs",
+        epochs=2,
+        batch_size=8,
+        variant="frozen_unet",
+    )
+    before = {
+        k: v.clone()
+        for k, v in load_for_training(tiny_checkpoint, config).model.unet.state_dict().items()
+    }
+
+    result = train_and_evaluate(config, labelled_night)
+
+    assert result.promoted and "no champion" in result.reason
+    assert set(result.metrics) == {"random_patient", "image_only"}
+    report = json.loads(result.report.read_text())
+    assert report["data"]["labelled_images"] == 24
+    assert len(report["history"]["train"]) == 2
+    for plot in ("losses.png", "confusion.png", "roc.png"):
+        assert (result.report.parent / plot).stat().st_size > 1000
+
+    from db.session import session_factory
+    from mdf_model import load_classifier
+
+    with session_factory(labelled_night.resolved_database_url)() as session:
+        run = session.scalar(select(TrainingRun))
+        version = session.scalar(select(ModelVersion).where(ModelVersion.is_promoted))
+        assert run.status == "finished" and run.promoted and run.challenger_version_id == version.id
+        assert session.scalar(select(Promotion.training_run_id)) == run.id
+    trained = load_classifier(version.path)
+    assert trained.version_hash == version.manifest_sha256
+    after = trained.model.unet.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the frozen U-Net is unchanged
+    lm_before = load_for_training(tiny_checkpoint, config).model.base.lm_head.weight
+    assert not torch.equal(lm_before, trained.model.base.lm_head.weight)  # the MLLM trained

@@ -1,0 +1,79 @@
+"""A training run's configuration: one typed file (YAML or JSON), validated up front."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+VARIANTS = ("full", "frozen_unet", "frozen_mllm", "frozen_vision_tower", "fusion_only", "baseline")
+STRATEGIES = ("full", "cross_attention", "frozen_mllm")
+
+
+class EarlyStopping(BaseModel):
+    """Per-component early stopping: a component whose validation loss has not improved
+    by ``min_delta`` for ``patience`` epochs is frozen while the others train on."""
+
+    model_config = ConfigDict(extra="forbid")
+    patience: int = Field(default=3, ge=1)
+    min_delta: float = Field(default=1e-3, ge=0)
+
+
+class PromotionRule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    metric: Literal["accuracy", "macro_f1", "auroc"] = "accuracy"
+    margin: float = Field(default=0.01, ge=0)
+    max_recall_drop: float = Field(default=0.05, ge=0)
+    auto_promote: bool = True
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint: Path | None = Field(
+        default=None, description="start from this checkpoint; default: the promoted version"
+    )
+    output_dir: Path | None = Field(
+        default=None, description="where checkpoints and reports go; default: data dir/training"
+    )
+    variant: Literal[VARIANTS] = "full"  # type: ignore[valid-type]
+    strategy: Literal[STRATEGIES] = Field(  # type: ignore[valid-type]
+        default="full",
+        description="what of the MLLM trains: all of it, its cross-attention layers, or nothing",
+    )
+    epochs: int = Field(default=20, ge=1)
+    batch_size: int = Field(default=8, ge=1)
+    grad_accumulation: int = Field(default=1, ge=1)
+    learning_rates: dict[str, float] = Field(
+        default_factory=lambda: {"unet": 3e-4, "fusion": 1e-3, "film": 1e-3, "mllm": 1e-3}
+    )
+    weight_decay: float = 0.0
+    seg_loss_weight: float | None = Field(default=None, description="default: the model's")
+    early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
+    eval_fraction: float = Field(default=0.25, gt=0, lt=1)
+    validation_fraction: float = Field(default=0.2, gt=0, lt=1)
+    held_out_source: str | None = Field(
+        default=None, description="also report a split that holds this source out whole"
+    )
+    image_only_eval: bool = Field(default=True, description="also evaluate without clinical text")
+    max_images: int | None = Field(default=None, ge=1)
+    seed: int = 0
+    device: str = "cpu"
+    bf16: bool = Field(default=True, description="bf16 autocast on CUDA devices")
+    promotion: PromotionRule = Field(default_factory=PromotionRule)
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        unknown = set(self.learning_rates) - {"unet", "fusion", "film", "mllm", "default"}
+        if unknown:
+            raise ValueError(f"learning_rates: unknown components {sorted(unknown)}")
+        return self
+
+    @classmethod
+    def from_file(cls, path: Path) -> TrainConfig:
+        text = path.read_text()
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        return cls.model_validate(data or {})

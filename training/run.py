@@ -1,0 +1,245 @@
+"""One training run: fine-tune, evaluate against the champion, promote if better.
+
+The challenger and the champion are scored on the same held-out patients. The
+report adds what a shortcut would hide: the same set without clinical text, and,
+when configured, a second model trained without one source and scored on it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.models import TrainingRun, utcnow
+from db.session import session_factory
+from db.versions import promote, promoted_version, register_version
+from mdf.settings import Settings
+from training import report as plots
+from training.config import TrainConfig
+from training.dataset import PreparedSet, labelled_examples, prepare
+from training.metrics import Evaluation, evaluate
+from training.promotion import decide
+from training.splits import Example, split_by_patient, split_by_source
+from training.trainer import History, Trainer, apply_strategy
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class RunResult:
+    run_id: int
+    version: str
+    promoted: bool
+    reason: str
+    metrics: dict[str, Any]
+    report: Path
+    seconds: float
+
+
+@dataclass
+class Scored:
+    evaluation: Evaluation
+    truth: list[str]
+    scores: list[float]  # probability of the last label, for the ROC
+
+
+def score(classifier, prepared: PreparedSet, batch_size: int = 16) -> Scored:
+    results = []
+    for start in range(0, len(prepared.inputs), batch_size):
+        results += classifier.classify_prepared(
+            prepared.inputs[start : start + batch_size], max_new_tokens=8
+        )
+    truth = [e.label for e in prepared.examples]
+    evaluation = evaluate(
+        classifier.labels,
+        truth,
+        [r.probabilities for r in results],
+        [r.text_label for r in results],
+    )
+    return Scored(evaluation, truth, [r.probabilities[classifier.labels[-1]] for r in results])
+
+
+def load_for_training(path: Path, config: TrainConfig):
+    """The starting classifier, set up for the configured variant and strategy."""
+    from mdf_model import ABLATIONS, MDFModel, load_classifier
+
+    classifier = load_classifier(path, device=config.device)
+    if config.variant == "baseline":
+        model = classifier.model
+        classifier.model = MDFModel(
+            model.config.replace(baseline=True, frozen=()), model.base, model.processor
+        ).to(model.device)
+    else:
+        classifier.model.set_frozen(ABLATIONS[config.variant])
+    apply_strategy(classifier.model, config.strategy)
+    return classifier
+
+
+def train_on(start: Path, examples: list[Example], config: TrainConfig) -> tuple[Any, History]:
+    """Fine-tune a copy of ``start`` on ``examples`` (a patient-grouped part validates)."""
+    classifier = load_for_training(start, config)
+    split = split_by_patient(
+        examples, eval_fraction=config.validation_fraction, seed=config.seed + 1
+    )
+    train, validation = prepare(classifier, split.train), prepare(classifier, split.evaluation)
+    log.info("training_started", train=len(train.inputs), validation=len(validation.inputs))
+    history = Trainer(classifier, config).fit(
+        train.inputs,
+        [e.label for e in train.examples],
+        validation.inputs,
+        [e.label for e in validation.examples],
+    )
+    return classifier, history
+
+
+@dataclass(frozen=True)
+class Champion:
+    version_id: int
+    name: str
+    path: Path
+
+
+class Runner:
+    """Carries one run from its ``training_runs`` row to a registered (maybe promoted) version."""
+
+    def __init__(self, config: TrainConfig, settings: Settings):
+        from mdf_model import load_classifier  # torch loads with the trainer only
+
+        self.config = config
+        self.settings = settings
+        self.sessions: sessionmaker[Session] = session_factory(settings.resolved_database_url)
+        self.load = load_classifier
+
+    def run(self) -> RunResult:
+        began = time.perf_counter()
+        champion = self._champion()
+        start = self.config.checkpoint or (champion.path if champion else self.settings.model_dir)
+        if start is None:
+            raise ValueError(
+                "nothing to fine-tune: set `checkpoint` in the config or MDF_MODEL_DIR, "
+                "or promote a model version"
+            )
+        with self.sessions.begin() as session:
+            row = TrainingRun(
+                config=self.config.model_dump(mode="json"),
+                champion_version_id=champion.version_id if champion else None,
+            )
+            session.add(row)
+            session.flush()
+            run_id = row.id
+        structlog.contextvars.bind_contextvars(training_run_id=run_id)
+        try:
+            result = self._train_evaluate_record(run_id, Path(start), champion)
+        except Exception as error:
+            with self.sessions.begin() as session:
+                failed = session.get_one(TrainingRun, run_id)
+                failed.status, failed.error, failed.finished_at = "failed", str(error), utcnow()
+            raise
+        finally:
+            structlog.contextvars.unbind_contextvars("training_run_id")
+        result.seconds = time.perf_counter() - began
+        return result
+
+    def _champion(self) -> Champion | None:
+        with self.sessions() as session:
+            version = promoted_version(session)
+            return Champion(version.id, version.name, Path(version.path)) if version else None
+
+    def _train_evaluate_record(
+        self, run_id: int, start: Path, champion: Champion | None
+    ) -> RunResult:
+        config = self.config
+        labels = self.load(start, device=config.device).labels
+        examples = labelled_examples(self.sessions, labels, limit=config.max_images)
+        if len({e.group for e in examples}) < 4:
+            raise ValueError(f"too few labelled patients to train on: {len(examples)} images")
+        split = split_by_patient(examples, eval_fraction=config.eval_fraction, seed=config.seed)
+        classifier, history = train_on(start, split.train, config)
+
+        held_out = prepare(classifier, split.evaluation)
+        challenger = score(classifier, held_out)
+        metrics: dict[str, Any] = {"random_patient": challenger.evaluation.to_dict()}
+        if config.image_only_eval:
+            image_only = prepare(classifier, split.evaluation, with_text=False)
+            metrics["image_only"] = score(classifier, image_only).evaluation.to_dict()
+        if config.held_out_source:
+            by_source = split_by_source(examples, config.held_out_source)
+            other, _ = train_on(start, by_source.train, config)
+            scored = score(other, prepare(other, by_source.evaluation))
+            metrics[by_source.name] = scored.evaluation.to_dict()
+        champion_eval = None
+        if champion is not None:
+            champion_eval = score(self.load(champion.path, device=config.device), held_out)
+            metrics["champion_random_patient"] = champion_eval.evaluation.to_dict()
+        rule = config.promotion
+        decision = decide(
+            challenger.evaluation,
+            champion_eval.evaluation if champion_eval else None,
+            metric=rule.metric,
+            margin=rule.margin,
+            max_recall_drop=rule.max_recall_drop,
+        )
+
+        out = (config.output_dir or self.settings.data_dir / "training") / f"run-{run_id:04d}"
+        checkpoint = out / "checkpoint"
+        version_hash = classifier.save(checkpoint)
+        report_path = plots.write_report(
+            out,
+            {
+                "run_id": run_id,
+                "started_from": str(start),
+                "config": config.model_dump(mode="json"),
+                "data": {
+                    "labelled_images": len(examples),
+                    "train": len(split.train),
+                    "evaluation": len(split.evaluation),
+                    "evaluation_patients": len({e.group for e in split.evaluation}),
+                },
+                "history": history.__dict__,
+                "metrics": metrics,
+                "decision": {"promote": decision.promote, "reason": decision.reason},
+                "checkpoint": str(checkpoint),
+            },
+        )
+        plots.plot_losses(history.__dict__, out / "losses.png")
+        plots.plot_confusion(challenger.evaluation, out / "confusion.png")
+        if len(labels) == 2:
+            plots.plot_roc(
+                challenger.evaluation, challenger.truth, challenger.scores, out / "roc.png"
+            )
+        promoted = decision.promote and rule.auto_promote
+        with self.sessions.begin() as session:
+            version = register_version(
+                session,
+                path=checkpoint,
+                manifest_sha256=version_hash,
+                labels=labels,
+                name=f"run{run_id:04d}-{version_hash[:8]}",
+                preset=classifier.model.config.preset,
+                metrics=metrics["random_patient"],
+            )
+            row = session.get_one(TrainingRun, run_id)
+            row.status, row.finished_at = "finished", utcnow()
+            row.challenger_version_id = version.id
+            row.metrics, row.report_path, row.reason = metrics, str(report_path), decision.reason
+            row.promoted = promoted
+            if promoted:
+                promote(
+                    session,
+                    version,
+                    reason=decision.reason,
+                    metrics=metrics["random_patient"],
+                    training_run_id=run_id,
+                )
+            name = version.name
+        log.info("training_run_finished", version=name, promoted=promoted, reason=decision.reason)
+        return RunResult(run_id, name, promoted, decision.reason, metrics, report_path, 0.0)
+
+
+def train_and_evaluate(config: TrainConfig, settings: Settings) -> RunResult:
+    return Runner(config, settings).run()

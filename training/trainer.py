@@ -1,0 +1,181 @@
+"""The fine-tuning loop, with per-component early stopping.
+
+The paper's U-Net converged near epoch 18 while the MLLM needed 55. Here each
+component is watched on its own validation loss (the U-Net on the segmentation
+loss where masks exist, the MLLM, fusion and FiLM on the answer loss) and is
+frozen once it stops improving, while the others train on. Training ends when
+every component has stopped or the epochs run out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import structlog
+import torch
+from tqdm import tqdm
+
+from training.config import TrainConfig
+
+log = structlog.get_logger(__name__)
+
+#: Which validation loss decides when each trainable component has converged.
+MONITORS = {"unet": "seg_loss", "fusion": "lm_loss", "film": "lm_loss", "mllm": "lm_loss"}
+
+
+@dataclass
+class ComponentWatch:
+    """Early stopping state of one component."""
+
+    monitor: str
+    best: float = math.inf
+    best_epoch: int = 0
+    stopped_at: int | None = None
+
+    def update(self, epoch: int, value: float | None, stopping: object) -> bool:
+        """Record this epoch's loss; True when the component has just converged."""
+        if self.stopped_at is not None or value is None:
+            return False
+        if value < self.best - stopping.min_delta:  # type: ignore[attr-defined]
+            self.best, self.best_epoch = value, epoch
+        elif epoch - self.best_epoch >= stopping.patience:  # type: ignore[attr-defined]
+            self.stopped_at = epoch
+            return True
+        return False
+
+
+@dataclass
+class History:
+    """Per-epoch mean losses, for the report's curves."""
+
+    train: list[dict[str, float]] = field(default_factory=list)
+    validation: list[dict[str, float]] = field(default_factory=list)
+    stopped: dict[str, int | None] = field(default_factory=dict)
+    epochs: int = 0
+
+
+def _batches(n: int, size: int, rng: np.random.Generator | None) -> Iterator[np.ndarray]:
+    order = rng.permutation(n) if rng is not None else np.arange(n)
+    for start in range(0, n, size):
+        yield order[start : start + size]
+
+
+def _autocast(config: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
+    if device.type == "cuda" and config.bf16:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def apply_strategy(model, strategy: str) -> None:
+    """Narrow what of the MLLM trains, for models too large to fine-tune whole.
+
+    ``cross_attention`` trains only the base model's cross-attention layers (where
+    fusion happens) besides the U-Net, fusion and FiLM; ``frozen_mllm`` none of it.
+    """
+    if strategy == "full":
+        return
+    model.set_frozen(model.frozen | {"mllm"})
+    if strategy == "cross_attention":
+        layers = model.base.model.language_model.layers
+        for index in model.base.config.text_config.cross_attention_layers:
+            for parameter in layers[index].parameters():
+                parameter.requires_grad_(True)
+
+
+class Trainer:
+    def __init__(self, classifier, config: TrainConfig):
+        self.classifier = classifier
+        self.model = classifier.model
+        self.config = config
+        self.device = self.model.device
+        self.watches = {
+            name: ComponentWatch(MONITORS[name])
+            for name in MONITORS
+            if any(p.requires_grad for p in self.model.component_parameters(name))
+        }
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameter_groups(config.learning_rates), weight_decay=config.weight_decay
+        )
+
+    def _freeze(self, names: list[str]) -> None:
+        self.model.set_frozen(self.model.frozen | set(names))
+        mllm = self.watches.get("mllm")
+        if mllm is not None and mllm.stopped_at is None:
+            apply_strategy(self.model, self.config.strategy)  # set_frozen reset it
+
+    def _losses(self, inputs, targets: Sequence[str], indices: np.ndarray) -> object:
+        batch = [inputs[i] for i in indices]
+        model_inputs = self.classifier.training_inputs(batch, [targets[i] for i in indices])
+        with _autocast(self.config, self.device):
+            return self.model(model_inputs.to(self.device))
+
+    def _epoch(self, inputs, targets, rng) -> dict[str, float]:
+        self.model.train()
+        sums: dict[str, list[float]] = {"loss": [], "lm_loss": [], "seg_loss": []}
+        steps = list(_batches(len(inputs), self.config.batch_size, rng))
+        progress = tqdm(steps, disable=not sys.stderr.isatty(), leave=False, desc="train")
+        self.optimizer.zero_grad(set_to_none=True)
+        for step, indices in enumerate(progress, start=1):
+            output = self._losses(inputs, targets, indices)
+            (output.loss / self.config.grad_accumulation).backward()
+            if step % self.config.grad_accumulation == 0 or step == len(steps):
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            for name in sums:
+                value = getattr(output, name)
+                if value is not None:
+                    sums[name].append(float(value.detach()))
+        return {k: v for k, v in ((k, _mean(v)) for k, v in sums.items()) if v is not None}
+
+    @torch.no_grad()
+    def validate(self, inputs, targets) -> dict[str, float]:
+        self.model.eval()
+        sums: dict[str, list[float]] = {"loss": [], "lm_loss": [], "seg_loss": []}
+        for indices in _batches(len(inputs), self.config.batch_size, None):
+            output = self._losses(inputs, targets, indices)
+            for name in sums:
+                value = getattr(output, name)
+                if value is not None:
+                    sums[name].append(float(value))
+        return {k: v for k, v in ((k, _mean(v)) for k, v in sums.items()) if v is not None}
+
+    def fit(self, train_inputs, train_targets, val_inputs, val_targets) -> History:
+        history = History()
+        rng = np.random.default_rng(self.config.seed)
+        for epoch in range(1, self.config.epochs + 1):
+            history.train.append(self._epoch(train_inputs, train_targets, rng))
+            validation = self.validate(val_inputs, val_targets)
+            history.validation.append(validation)
+            history.epochs = epoch
+            converged = [
+                name
+                for name, watch in self.watches.items()
+                if watch.update(
+                    epoch,
+                    validation.get(watch.monitor, validation.get("lm_loss")),
+                    self.config.early_stopping,
+                )
+            ]
+            if converged:
+                self._freeze(converged)
+            log.info(
+                "epoch_done",
+                epoch=epoch,
+                train=history.train[-1],
+                validation=validation,
+                converged=converged,
+            )
+            if all(w.stopped_at is not None for w in self.watches.values()):
+                break
+        history.stopped = {name: w.stopped_at for name, w in self.watches.items()}
+        self.model.eval()
+        return history
