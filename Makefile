@@ -17,8 +17,20 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The demo: a synthetic night delivered to an inbox, a tiny model, and the whole
+# pipeline on the embedded defaults (SQLite and Redis in var/demo/data).
+DEMO := var/demo
+demo: export MDF_DATA_DIR := $(DEMO)/data
+demo: export MDF_MODEL_DIR := $(DEMO)/model
 demo: $(STAMP)
-	$(BIN)/python -m scheduler.demo
+	rm -rf $(DEMO)
+	$(BIN)/mdf db upgrade
+	$(BIN)/mdf synth $(DEMO)/inbox --images 24 --size 256
+	$(BIN)/mdf model init --preset tiny $(DEMO)/model
+	$(BIN)/mdf ingest $(DEMO)/inbox --batch demo-night
+	$(BIN)/mdf worker --burst
+	$(BIN)/mdf status
+	$(BIN)/mdf results --batch demo-night --limit 10
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -27,6 +27,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     requeue.set_defaults(handler=_requeue)
 
+    results = subparsers.add_parser("results", help="per-image results (the study_results view)")
+    results.add_argument("--batch")
+    results.add_argument("--limit", type=int, default=50)
+    results.set_defaults(handler=_results)
+
     status = subparsers.add_parser("status", help="image counts per batch and status")
     status.add_argument("--batch")
     status.add_argument("--json", action="store_true")
@@ -90,4 +95,27 @@ def _status(args: argparse.Namespace) -> int:
     print(f"{'batch':<{width}}  " + "  ".join(f"{s:>10}" for s in statuses))
     for name, row in counts.items():
         print(f"{name:<{width}}  " + "  ".join(f"{row[s]:>10}" for s in statuses))
+    return 0
+
+
+def _results(args: argparse.Namespace) -> int:
+    from sqlalchemy import text
+
+    from db.session import session_factory
+
+    query = (
+        "SELECT image_id, batch, laterality, status, reason, label, probability, "
+        "generated_text, model_version FROM study_results"
+    )
+    query += " WHERE batch = :batch" if args.batch else ""
+    query += " ORDER BY image_id LIMIT :limit"
+    with session_factory(get_settings().resolved_database_url)() as session:
+        rows = session.execute(text(query), {"batch": args.batch, "limit": args.limit}).all()
+    print(f"{'image':>6}  {'eye':<3}  {'status':<9}  {'label':<10}  {'prob':>5}  text / reason")
+    for image_id, _, eye, status, reason, label, probability, generated, _ in rows:
+        shown = f"{probability:.2f}" if probability is not None else "-"
+        detail = reason if reason else (generated or "")
+        print(
+            f"{image_id:>6}  {eye or '-':<3}  {status:<9}  {label or '-':<10}  {shown:>5}  {detail}"
+        )
     return 0

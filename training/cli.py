@@ -23,6 +23,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         default=0.0,
         help="fraction of patients whose source follows label",
     )
+    synth.add_argument(
+        "--with-text", type=float, default=1.0, help="fraction of patients with clinical text"
+    )
     synth.set_defaults(handler=_synth)
 
     labels = subparsers.add_parser("labels", help="ground-truth labels").add_subparsers(
@@ -40,11 +43,6 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         help="print the estimated GPU memory of the configured strategy for the 11B preset",
     )
     train.set_defaults(handler=_train)
-
-    trainer = subparsers.add_parser(
-        "trainer", help="serve the training queue (the weekly run scheduled by `mdf scheduler`)"
-    )
-    trainer.set_defaults(handler=_trainer)
 
     models = subparsers.add_parser("models", help="model versions, the promoted one marked")
     models.add_argument("--json", action="store_true")
@@ -77,6 +75,7 @@ def _synth(args: argparse.Namespace) -> int:
         dicom_fraction=args.dicom_fraction,
         sources=tuple(s.strip() for s in args.sources.split(",") if s.strip()),
         confound=args.confound,
+        with_text=args.with_text,
     )
     print(f"{args.images} images in {out}, masks and labels in {out}-masks/masks.csv")
     return 0
@@ -99,17 +98,6 @@ def _train(args: argparse.Namespace) -> int:
         print(f"  {name:<28} accuracy {scores['accuracy']:.3f}  macro F1 {scores['macro_f1']:.3f}")
     print(f"  {'promoted' if result.promoted else 'not promoted'}: {result.reason}")
     print(f"  report: {result.report}")
-    return 0
-
-
-def _trainer(args: argparse.Namespace) -> int:
-    import training.tasks  # noqa: F401  (registers the task this process serves)
-    from mdf.celery_app import TRAINING_QUEUE, create_app
-
-    app = create_app(get_settings())
-    app.worker_main(
-        ["worker", "--queues", TRAINING_QUEUE, "--pool", "solo", "--hostname", "trainer@%h"]
-    )
     return 0
 
 
