@@ -1,0 +1,220 @@
+"""The inference API: images (and optional clinical text) in, label + probability + text + mask out.
+
+Every study gets a label and a probability from label scoring, even when the generated text
+names no label (the paper's "None" failure): one batched, teacher-forced forward pass scores
+the answer continuation of every label for every image, and the scores are normalised over the
+labels. The generated text (the paper's way) comes from one batched ``generate()`` call and is
+kept beside it with the label it names and whether the two agree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mdf_model.inputs import ModelInputs, PreparedInput, collate, prepare_input
+from mdf_model.modeling import MDFModel
+from mdf_model.prompt import answer_text, build_prompt, label_in_text
+
+__all__ = ["ClassificationResult", "Classifier", "load_classifier"]
+
+
+@dataclass(frozen=True)
+class ClassificationResult:
+    """One study's result.
+
+    label: the label with the highest score; probabilities: label -> probability (sums to 1);
+    text: the generated answer ("" when text generation was off); text_label: the label the text
+    names, or None; agrees: text_label == label; mask: uint8 (N, N) at the U-Net input size in
+    the letterboxed frame (the image centred on a black square), 0..255 = sigmoid probability of
+    the first segmentation channel (vessels by default). Baseline models have no segmentation:
+    their mask is empty, shape (0, 0).
+    """
+
+    label: str
+    probabilities: dict[str, float]
+    text: str
+    text_label: str | None
+    agrees: bool
+    mask: np.ndarray
+
+
+@contextlib.contextmanager
+def _evaluating(model: MDFModel) -> Iterator[None]:
+    """Eval mode for the duration, then back to whatever a trainer had set."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+class Classifier:
+    """A model with its processor, prompt and labels. ``model`` is the trainable nn.Module;
+    ``version_hash`` is the manifest hash of the checkpoint it came from ("unsaved" for a model
+    that was never saved or loaded)."""
+
+    def __init__(self, model: MDFModel, *, version_hash: str | None = None) -> None:
+        if model.processor is None:
+            raise ValueError("a Classifier needs a model with a processor")
+        self.model = model
+        self.processor = model.processor
+        self.version_hash: str = version_hash or model.version_hash or "unsaved"
+        tokenizer = self.processor.tokenizer
+        self._pad_token_id = (
+            tokenizer.pad_token_id
+            if tokenizer.pad_token_id is not None
+            else model.base.config.text_config.pad_token_id
+        )
+        self._answers = [
+            tokenizer(answer_text(model.config, label), add_special_tokens=False)["input_ids"]
+            for label in model.config.labels
+        ]
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.model.config.labels)
+
+    @property
+    def answer_token_ids(self) -> list[list[int]]:
+        """The token ids of each label's answer, in label order (what scoring scores)."""
+        return [list(ids) for ids in self._answers]
+
+    def _collate(self, batch: Sequence[PreparedInput], answers: list | None) -> ModelInputs:
+        return collate(
+            batch,
+            answers,
+            pad_token_id=self._pad_token_id,
+            image_token_id=self.processor.image_token_id,
+        ).to(self.model.device)
+
+    def prepare(
+        self,
+        image: np.ndarray,
+        clinical_text: str | None = None,
+        *,
+        seg_target: np.ndarray | None = None,
+    ) -> PreparedInput:
+        """Prepare one study: ``image`` (H, W, 3) uint8 RGB of any size; ``seg_target`` an
+        optional reference mask for training, (H, W) for the first segmentation channel or
+        (H, W, C) for the first C. Raises ValueError for unusable input."""
+        config = self.model.config
+        return prepare_input(
+            self.processor,
+            image,
+            build_prompt(config, clinical_text),
+            unet_size=None if config.baseline else config.unet_input_size,
+            seg_target=seg_target,
+            seg_channels=len(config.seg_classes),
+        )
+
+    def scoring_inputs(self, batch: Sequence[PreparedInput]) -> ModelInputs:
+        """One row per (image, label), each prompt followed by that label's answer."""
+        return self._collate(batch, [self._answers] * len(batch))
+
+    def generation_inputs(self, batch: Sequence[PreparedInput]) -> ModelInputs:
+        return self._collate(batch, None)
+
+    def training_inputs(
+        self, batch: Sequence[PreparedInput], targets: Sequence[str]
+    ) -> ModelInputs:
+        """Teacher-forced rows: each prompt followed by the answer for its target label, plus the
+        reference masks the studies were prepared with. Feed to ``model(inputs)``."""
+        if len(targets) != len(batch):
+            raise ValueError(f"{len(batch)} studies but {len(targets)} targets")
+        unknown = sorted(set(targets) - set(self.labels))
+        if unknown:
+            raise ValueError(f"unknown target labels {unknown}; labels are {self.labels}")
+        index = {label: i for i, label in enumerate(self.labels)}
+        return self._collate(batch, [[self._answers[index[t]]] for t in targets])
+
+    def classify_prepared(
+        self,
+        batch: Sequence[PreparedInput],
+        *,
+        generate_text: bool = True,
+        max_new_tokens: int = 16,
+    ) -> list[ClassificationResult]:
+        """Label scores from one batched forward pass; text from one batched ``generate()``."""
+        if not batch:
+            return []
+        labels = self.labels
+        with torch.inference_mode(), _evaluating(self.model):
+            scores, seg_logits = self.model.score(self.scoring_inputs(batch))
+            probabilities = torch.softmax(scores.view(len(batch), len(labels)), dim=-1).cpu()
+            texts = [""] * len(batch)
+            if generate_text:
+                inputs = self.generation_inputs(batch)
+                sequences = self.model.generate(inputs, max_new_tokens=max_new_tokens)
+                texts = self.processor.tokenizer.batch_decode(
+                    sequences[:, inputs.input_ids.shape[1] :], skip_special_tokens=True
+                )
+            if seg_logits is None:
+                masks = [np.zeros((0, 0), dtype=np.uint8)] * len(batch)
+            else:
+                first = torch.sigmoid(seg_logits[:, 0].float()) * 255
+                masks = list(first.round().to(torch.uint8).cpu().numpy())
+
+        results = []
+        for row, text, mask in zip(probabilities.tolist(), texts, masks, strict=True):
+            label = labels[int(np.argmax(row))]
+            text = text.strip()
+            text_label = label_in_text(text, labels) if text else None
+            results.append(
+                ClassificationResult(
+                    label=label,
+                    probabilities=dict(zip(labels, row, strict=True)),
+                    text=text,
+                    text_label=text_label,
+                    agrees=text_label == label,
+                    mask=mask,
+                )
+            )
+        return results
+
+    def classify(
+        self,
+        images: Sequence[np.ndarray],
+        clinical_texts: Sequence[str | None] | None = None,
+        *,
+        batch_size: int = 16,
+        generate_text: bool = True,
+        max_new_tokens: int = 16,
+    ) -> list[ClassificationResult]:
+        """Prepare and classify, ``batch_size`` studies per forward pass."""
+        if clinical_texts is None:
+            clinical_texts = [None] * len(images)
+        if len(clinical_texts) != len(images):
+            raise ValueError(f"{len(images)} images but {len(clinical_texts)} clinical texts")
+        prepared = [self.prepare(i, t) for i, t in zip(images, clinical_texts, strict=True)]
+        results: list[ClassificationResult] = []
+        for start in range(0, len(prepared), batch_size):
+            results += self.classify_prepared(
+                prepared[start : start + batch_size],
+                generate_text=generate_text,
+                max_new_tokens=max_new_tokens,
+            )
+        return results
+
+    def save(self, directory: str | Path, *, include_base: bool | None = None) -> str:
+        """Save the model as a checkpoint directory; this classifier takes its version hash."""
+        self.version_hash = self.model.save_pretrained(directory, include_base=include_base)
+        return self.version_hash
+
+
+def load_classifier(
+    checkpoint_dir: str | Path,
+    device: str = "cpu",
+    dtype: torch.dtype | None = None,
+    *,
+    base_dir: str | Path | None = None,
+) -> Classifier:
+    """Load and verify a checkpoint directory (see `MDFModel.from_pretrained`)."""
+    model = MDFModel.from_pretrained(checkpoint_dir, device=device, dtype=dtype, base_dir=base_dir)
+    return Classifier(model)

@@ -1,0 +1,258 @@
+"""From an image and a prompt to model tensors: per-study preparation and batching.
+
+`prepare_input` does the per-study CPU work once (validation, the processor's tiles, the U-Net
+image, the prompt tokens), so a worker can prepare studies as they arrive and batch them later.
+`collate` lays a batch out as text rows grouped by image: one row per image for generation and
+training, one row per (image, label) for label scoring. Rows are left-padded, the layout
+``generate()`` needs; the cross-attention mask opens at each row's ``<|image|>`` token, as
+MllamaProcessor does, so padding and any text before the image see no image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import ProcessorMixin
+
+from mdf_model.unet import IMAGENET_MEAN, IMAGENET_STD
+
+__all__ = ["IGNORE_INDEX", "ModelInputs", "PreparedInput", "collate", "prepare_input"]
+
+IGNORE_INDEX = -100
+MIN_IMAGE_SIDE = 32
+# Below these (0..255 scale) a photograph shows no retina: a lens cap or a failed capture.
+MIN_MEAN_BRIGHTNESS = 5.0
+MIN_CONTRAST = 2.0
+
+
+@dataclass(frozen=True)
+class PreparedInput:
+    """One study, ready to batch. Tensors are on the CPU.
+
+    ``prompt_ids`` (S,) prompt tokens; ``pixel_values`` (1, tiles, 3, H, W), ``aspect_ratio_ids``
+    (1,) and ``aspect_ratio_mask`` (1, tiles) from the Mllama image processor; ``unet_pixels``
+    (3, N, N) normalised U-Net input (None in baseline mode); ``seg_target`` (C, N, N) in {0, 1}
+    and ``seg_valid`` (C,) when a reference mask was given.
+    """
+
+    prompt_ids: torch.Tensor
+    pixel_values: torch.Tensor
+    aspect_ratio_ids: torch.Tensor
+    aspect_ratio_mask: torch.Tensor
+    unet_pixels: torch.Tensor | None
+    seg_target: torch.Tensor | None = None
+    seg_valid: torch.Tensor | None = None
+
+
+@dataclass
+class ModelInputs:
+    """A batch for `MDFModel`: ``rows`` text rows over ``images`` images, rows grouped by image.
+
+    Text side (rows, L): ``input_ids``, ``attention_mask``, ``position_ids``, ``prompt_mask``
+    (True on prompt tokens, for FiLM pooling), ``lm_labels`` (answer tokens, IGNORE_INDEX
+    elsewhere; None when there is no answer), ``cross_attention_mask`` (rows, L, 1, tiles).
+    Image side: ``pixel_values`` (images, 1, tiles, 3, H, W), ``aspect_ratio_ids`` (images, 1),
+    ``aspect_ratio_mask`` (images, 1, tiles), ``unet_pixels`` (images, 3, N, N) or None,
+    ``seg_targets`` (images, C, N, N) and ``seg_valid`` (images, C) or None.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    lm_labels: torch.Tensor | None
+    cross_attention_mask: torch.Tensor
+    pixel_values: torch.Tensor
+    aspect_ratio_ids: torch.Tensor
+    aspect_ratio_mask: torch.Tensor
+    unet_pixels: torch.Tensor | None
+    seg_targets: torch.Tensor | None = None
+    seg_valid: torch.Tensor | None = None
+
+    @property
+    def rows_per_image(self) -> int:
+        return self.input_ids.shape[0] // self.pixel_values.shape[0]
+
+    def to(self, device: torch.device | str) -> ModelInputs:
+        return dataclasses.replace(
+            self,
+            **{
+                f.name: value.to(device)
+                for f in dataclasses.fields(self)
+                if isinstance(value := getattr(self, f.name), torch.Tensor)
+            },
+        )
+
+
+def _check_image(image: np.ndarray) -> None:
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"image must be a numpy array, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"image must be uint8 RGB, got dtype {image.dtype}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must have shape (H, W, 3) (RGB), got {image.shape}")
+    if min(image.shape[:2]) < MIN_IMAGE_SIDE:
+        raise ValueError(
+            f"image is {image.shape[1]}x{image.shape[0]} pixels; need at least "
+            f"{MIN_IMAGE_SIDE} on each side (empty or not a fundus photograph)"
+        )
+    sample = image[::4, ::4]  # enough pixels to judge, cheap for large photographs
+    if float(sample.mean()) < MIN_MEAN_BRIGHTNESS or float(sample.std()) < MIN_CONTRAST:
+        raise ValueError(
+            "image is blank (nearly black or one flat colour): no retina visible "
+            "(lens cap, failed capture?)"
+        )
+
+
+def _letterbox(image: Image.Image, size: int, resample: Image.Resampling) -> Image.Image:
+    """Centre on a black square (the fundus background) and resize: no distortion."""
+    side = max(image.size)
+    square = Image.new(image.mode, (side, side))
+    square.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
+    return square.resize((size, size), resample)
+
+
+def _unet_pixels(image: Image.Image, size: int) -> torch.Tensor:
+    array = np.asarray(_letterbox(image, size, Image.Resampling.BILINEAR), dtype=np.float32)
+    pixels = torch.from_numpy(array / 255.0).permute(2, 0, 1)
+    mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
+    std = torch.tensor(IMAGENET_STD)[:, None, None]
+    return (pixels - mean) / std
+
+
+def _seg_target(
+    target: np.ndarray, image_shape: tuple[int, ...], channels: int, size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """An (H, W) mask of the first channel or an (H, W, C) mask of all channels, nonzero = on."""
+    planes = target[..., None] if target.ndim == 2 else target
+    if planes.ndim != 3 or planes.shape[:2] != image_shape[:2] or planes.shape[2] > channels:
+        raise ValueError(
+            f"seg_target must be (H, W) or (H, W, C<={channels}) matching the image "
+            f"{image_shape[:2]}, got {target.shape}"
+        )
+    resized = [
+        np.asarray(
+            _letterbox(
+                Image.fromarray((plane != 0).astype(np.uint8) * 255), size, Image.Resampling.NEAREST
+            )
+        )
+        for plane in np.moveaxis(planes, 2, 0)
+    ]
+    out = torch.zeros(channels, size, size)
+    out[: len(resized)] = torch.from_numpy(np.stack(resized) > 127).float()
+    valid = torch.arange(channels) < len(resized)
+    return out, valid
+
+
+def prepare_input(
+    processor: ProcessorMixin,
+    image: np.ndarray,
+    prompt: str,
+    *,
+    unet_size: int | None,
+    seg_target: np.ndarray | None = None,
+    seg_channels: int = 0,
+) -> PreparedInput:
+    """Validate and convert one study; ``unet_size`` None skips the U-Net image (baseline)."""
+    _check_image(image)
+    picture = Image.fromarray(image)
+    encoded = processor(images=[[picture]], text=[prompt], return_tensors="pt")
+    target = valid = None
+    if seg_target is not None:
+        if unet_size is None:
+            raise ValueError("seg_target given, but a baseline model has no segmentation")
+        target, valid = _seg_target(np.asarray(seg_target), image.shape, seg_channels, unet_size)
+    return PreparedInput(
+        prompt_ids=encoded["input_ids"][0],
+        pixel_values=encoded["pixel_values"][0],
+        aspect_ratio_ids=encoded["aspect_ratio_ids"][0],
+        aspect_ratio_mask=encoded["aspect_ratio_mask"][0],
+        unet_pixels=None if unet_size is None else _unet_pixels(picture, unet_size),
+        seg_target=target,
+        seg_valid=valid,
+    )
+
+
+def _stack_unet_pixels(batch: Sequence[PreparedInput]) -> torch.Tensor | None:
+    pixels = [item.unet_pixels for item in batch]
+    if all(p is None for p in pixels):
+        return None
+    if any(p is None for p in pixels):
+        raise ValueError("a batch must be all with or all without U-Net inputs")
+    return torch.stack(pixels)  # type: ignore[arg-type]
+
+
+def _stack_seg_targets(
+    batch: Sequence[PreparedInput],
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Studies without a reference mask get an all-invalid placeholder."""
+    template = next((item for item in batch if item.seg_target is not None), None)
+    if template is None:
+        return None, None
+    empty = torch.zeros_like(template.seg_target)
+    invalid = torch.zeros_like(template.seg_valid)
+    targets = [empty if item.seg_target is None else item.seg_target for item in batch]
+    valid = [invalid if item.seg_valid is None else item.seg_valid for item in batch]
+    return torch.stack(targets), torch.stack(valid)
+
+
+def collate(
+    batch: Sequence[PreparedInput],
+    answers: Sequence[Sequence[Sequence[int]]] | None,
+    *,
+    pad_token_id: int,
+    image_token_id: int,
+) -> ModelInputs:
+    """Lay out a batch. ``answers[i]`` lists the answer token ids appended to image i's prompt,
+    one row each (the same number for every image); None gives one prompt-only row per image."""
+    if not batch:
+        raise ValueError("empty batch")
+    per_image = [[[]] for _ in batch] if answers is None else [list(a) for a in answers]
+    if len(per_image) != len(batch) or len({len(a) for a in per_image}) != 1:
+        raise ValueError("answers must give the same number of rows for every image")
+
+    rows: list[tuple[list[int], list[int], int, int]] = []  # ids, labels, prompt length, tiles
+    for item, item_answers in zip(batch, per_image, strict=True):
+        prompt = item.prompt_ids.tolist()
+        tiles = int(item.aspect_ratio_mask.sum())
+        for answer in item_answers:
+            labels = [IGNORE_INDEX] * len(prompt) + list(answer)
+            rows.append((prompt + list(answer), labels, len(prompt), tiles))
+
+    length = max(len(ids) for ids, _, _, _ in rows)
+    max_tiles = batch[0].aspect_ratio_mask.shape[-1]
+    input_ids = torch.full((len(rows), length), pad_token_id, dtype=torch.long)
+    lm_labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+    prompt_mask = torch.zeros((len(rows), length), dtype=torch.bool)
+    cross_attention_mask = torch.zeros((len(rows), length, 1, max_tiles), dtype=torch.long)
+    for row, (ids, labels, prompt_length, tiles) in enumerate(rows):
+        pad = length - len(ids)
+        input_ids[row, pad:] = torch.tensor(ids)
+        lm_labels[row, pad:] = torch.tensor(labels)
+        attention_mask[row, pad:] = 1
+        prompt_mask[row, pad : pad + prompt_length] = True
+        image_position = pad + ids.index(image_token_id)
+        cross_attention_mask[row, image_position:, 0, :tiles] = 1
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    seg_targets, seg_valid = _stack_seg_targets(batch)
+
+    return ModelInputs(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        prompt_mask=prompt_mask,
+        lm_labels=None if answers is None else lm_labels,
+        cross_attention_mask=cross_attention_mask,
+        pixel_values=torch.stack([item.pixel_values for item in batch]),
+        aspect_ratio_ids=torch.stack([item.aspect_ratio_ids for item in batch]),
+        aspect_ratio_mask=torch.stack([item.aspect_ratio_mask for item in batch]),
+        unet_pixels=_stack_unet_pixels(batch),
+        seg_targets=seg_targets,
+        seg_valid=seg_valid,
+    )

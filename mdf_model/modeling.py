@@ -1,0 +1,551 @@
+"""The MDF-MLLM model: Mllama + ResNet50 U-Net, fused in both directions.
+
+Data flow of one forward pass (``rows`` text rows over ``images`` images)::
+
+    unet_pixels -> U-Net encoder -> 4 skips -> SkipProjection -> U-Net tokens ----.
+    pixel_values -> Mllama vision tower -> image states ---------------------.    |
+    input_ids -> Mllama text decoder (image states in its cross-attention  <-'    |
+                 layers; U-Net tokens in the fusion layers, via hooks)     <------'
+              -> hidden states -> lm_head -> logits (answer loss / label scores)
+              -> pooled prompt state -> FiLM(skips) -> U-Net decoder -> seg logits
+
+The vision tower and the U-Net run once per image; their outputs are shared by the image's rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from torch import nn
+from transformers import (
+    AutoProcessor,
+    GenerationConfig,
+    MllamaConfig,
+    MllamaForConditionalGeneration,
+    ProcessorMixin,
+)
+
+from mdf_model.checkpoint import (
+    CheckpointError,
+    load_module_strict,
+    save_module,
+    staging_directory,
+    verify_manifest,
+    write_manifest,
+)
+from mdf_model.configuration import COMPONENTS, MDFConfig
+from mdf_model.film import SkipFiLM
+from mdf_model.fusion import MultiDepthFusion
+from mdf_model.inputs import IGNORE_INDEX, ModelInputs
+from mdf_model.projection import SkipProjection
+from mdf_model.unet import FundusUNet
+
+__all__ = ["MDFModel", "MDFOutput", "mllama_config", "read_config", "seeded"]
+
+log = structlog.get_logger(__name__)
+
+CONFIG_NAME = "mdf_config.json"
+UNET_WEIGHTS = "unet.safetensors"
+FUSION_WEIGHTS = "fusion.safetensors"
+PROCESSOR_DIR = "processor"
+BASE_DIR = "base"
+
+# The architecture fields an MDFConfig records about its base model (see configuration.py).
+_VISION_KEYS = (
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_global_layers",
+    "attention_heads",
+    "image_size",
+    "patch_size",
+    "max_num_tiles",
+    "intermediate_layers_indices",
+    "vision_output_dim",
+    "supported_aspect_ratios",
+)
+_TEXT_KEYS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "cross_attention_layers",
+    "rope_parameters",
+    "max_position_embeddings",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+)
+# Groups for per-component learning rates ("vision_tower" is part of "mllm").
+PARAMETER_GROUPS = ("unet", "fusion", "film", "mllm")
+
+
+def mllama_config(config: MDFConfig) -> MllamaConfig:
+    """The base model's Mllama configuration, as recorded in an MDFConfig."""
+    return MllamaConfig(**config.base_config)
+
+
+def _architecture(base: MllamaConfig) -> dict[str, Any]:
+    return {
+        "vision_config": {k: getattr(base.vision_config, k) for k in _VISION_KEYS},
+        "text_config": {k: getattr(base.text_config, k) for k in _TEXT_KEYS},
+        "image_token_index": base.image_token_index,
+    }
+
+
+def _load_base(directory: Path, dtype: torch.dtype | None) -> MllamaForConditionalGeneration:
+    """``from_pretrained`` from a local directory, refusing anything but an exact match."""
+    try:
+        base, info = MllamaForConditionalGeneration.from_pretrained(
+            directory,
+            local_files_only=True,
+            dtype=dtype if dtype is not None else "auto",
+            output_loading_info=True,
+        )
+    except (OSError, ValueError, RuntimeError, SafetensorError) as error:
+        raise CheckpointError(f"{directory}: cannot load the base model ({error})") from error
+    problems = {name: keys for name, keys in info.items() if keys}
+    if problems:
+        raise CheckpointError(f"{directory}: base weights do not match config.json: {problems}")
+    return base
+
+
+def _load_processor(directory: Path) -> ProcessorMixin:
+    try:
+        return AutoProcessor.from_pretrained(directory, local_files_only=True)
+    except (OSError, ValueError, KeyError) as error:
+        raise CheckpointError(f"{directory}: cannot load the processor ({error})") from error
+
+
+def read_config(directory: Path) -> MDFConfig:
+    """The configuration of a checkpoint directory (not verified against the manifest)."""
+    path = directory / CONFIG_NAME
+    try:
+        return MDFConfig.from_json_file(path)
+    except (OSError, ValueError, TypeError) as error:
+        raise CheckpointError(f"{path}: not a valid MDF configuration ({error})") from error
+
+
+@contextlib.contextmanager
+def seeded(seed: int | None) -> Iterator[None]:
+    """Deterministic initialisation without touching the caller's random state."""
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        yield
+
+
+@dataclass
+class MDFOutput:
+    """``loss`` = ``lm_loss`` + seg_loss_weight * ``seg_loss`` over the parts that exist.
+
+    ``lm_loss``: mean cross-entropy over answer tokens (None without ``lm_labels``);
+    ``seg_loss``: mean per-pixel BCE over the (image, channel) pairs that have a reference mask
+    (None without any); ``logits`` (rows, L, vocab); ``seg_logits`` (images, C, N, N), None in
+    baseline mode.
+    """
+
+    loss: torch.Tensor | None
+    lm_loss: torch.Tensor | None
+    seg_loss: torch.Tensor | None
+    logits: torch.Tensor
+    seg_logits: torch.Tensor | None
+
+
+class MDFModel(nn.Module):
+    """MDF-MLLM. ``base`` keeps its own module tree and state_dict keys; the U-Net branch,
+    projection, fusion and FiLM sit beside it (all None in baseline mode)."""
+
+    def __init__(
+        self,
+        config: MDFConfig,
+        base: MllamaForConditionalGeneration,
+        processor: ProcessorMixin | None = None,
+        *,
+        base_reference: Path | None = None,
+        encoder_weights: Path | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config.replace(base_config=_architecture(base.config))
+        self.base = base
+        self.processor = processor
+        # The directory the unchanged base weights come from; a checkpoint may refer to it
+        # instead of copying them.
+        self.base_reference = base_reference
+        self.version_hash: str | None = None
+        self.unet: FundusUNet | None = None
+        self.projection: SkipProjection | None = None
+        self.fusion: MultiDepthFusion | None = None
+        self.film: SkipFiLM | None = None
+        if not config.baseline:
+            hidden = base.config.text_config.hidden_size
+            self.unet = FundusUNet(
+                classes=len(config.seg_classes),
+                decoder_channels=config.unet_decoder_channels,
+                skip_levels=config.skip_levels,
+                encoder_weights=encoder_weights,
+            )
+            self.projection = SkipProjection(
+                self.unet.skip_channels, hidden, grid=config.patch_grid, pool=config.patch_pool
+            )
+            self.fusion = MultiDepthFusion(
+                base.config.text_config,
+                config.fusion_layers,
+                alpha=config.alpha,
+                learnable=config.alpha_learnable,
+            )
+            self.fusion.attach(
+                base.model.language_model.layers, init_from_base=config.fusion_init_from_base
+            )
+            self.film = SkipFiLM(hidden, self.unet.skip_channels)
+        self._frozen: frozenset[str] = frozenset()
+        self.set_frozen(config.frozen)
+
+    # ---------------------------------------------------------------- building and loading
+    @classmethod
+    def from_config(
+        cls,
+        config: MDFConfig,
+        *,
+        device: str | torch.device = "meta",
+        dtype: torch.dtype = torch.float32,
+    ) -> MDFModel:
+        """Build without weights: random initialisation (on the meta device: no memory at all).
+        Parameters are created in ``dtype`` directly, so an 11B model in bfloat16 never
+        needs float32 memory."""
+        default_dtype = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            with torch.device(device):
+                return cls(config, MllamaForConditionalGeneration(mllama_config(config)))
+        finally:
+            torch.set_default_dtype(default_dtype)
+
+    @classmethod
+    def from_base(
+        cls,
+        base_dir: str | Path,
+        config: MDFConfig,
+        *,
+        seed: int | None = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+    ) -> MDFModel:
+        """A new MDF model around a local Hugging Face Mllama directory (weights + processor).
+
+        The U-Net (optionally from ``config.unet_encoder_weights``), projection, fusion and FiLM
+        are initialised here; everything takes the base weights' dtype unless ``dtype`` is given.
+        Returns the model in eval mode, like ``from_pretrained``.
+        """
+        base_dir = Path(base_dir)
+        base = _load_base(base_dir, dtype)
+        processor = _load_processor(base_dir)
+        weights = config.unet_encoder_weights
+        with seeded(seed):
+            model = cls(
+                config,
+                base,
+                processor,
+                base_reference=base_dir.resolve(),
+                encoder_weights=None if weights is None else Path(weights),
+            )
+        model.to(device=device, dtype=base.dtype)
+        log.info("model.built", base=str(base_dir), preset=config.preset, dtype=str(base.dtype))
+        return model.eval()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        directory: str | Path,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+        base_dir: str | Path | None = None,
+    ) -> MDFModel:
+        """Load a checkpoint directory after verifying its manifest (see checkpoint.py).
+
+        ``base_dir`` points a checkpoint that refers to an external base model at a new location
+        of that base; its files must still match the recorded hashes. Returns the model in eval
+        mode.
+        """
+        directory = Path(directory)
+        manifest = verify_manifest(directory, base_dir=None if base_dir is None else Path(base_dir))
+        config = read_config(directory)
+
+        weight_files = {
+            name: (directory / name).is_file() for name in (UNET_WEIGHTS, FUSION_WEIGHTS)
+        }
+        for name, present in weight_files.items():
+            if present == config.baseline:
+                state = "present" if present else "missing"
+                raise CheckpointError(
+                    f"{directory / name}: {state}, but the configuration has baseline="
+                    f"{config.baseline}"
+                )
+        included = directory / BASE_DIR
+        if included.is_dir():
+            base_path = included
+        elif manifest.base_reference is not None:
+            base_path = manifest.base_reference
+        else:
+            raise CheckpointError(f"{included}: missing, and the manifest names no base model")
+
+        base = _load_base(base_path, dtype)
+        processor = _load_processor(directory / PROCESSOR_DIR)
+        try:
+            model = cls(
+                config,
+                base,
+                processor,
+                base_reference=manifest.base_reference,
+            )
+        except ValueError as error:
+            raise CheckpointError(
+                f"{directory / CONFIG_NAME}: does not fit {base_path} ({error})"
+            ) from error
+        if not config.baseline:
+            load_module_strict(model.unet, directory / UNET_WEIGHTS)
+            load_module_strict(model._fusion_parts(), directory / FUSION_WEIGHTS)
+        model.to(device=device, dtype=base.dtype)
+        model.version_hash = manifest.version_hash
+        log.info("model.loaded", checkpoint=str(directory), version=manifest.version_hash)
+        return model.eval()
+
+    def save_pretrained(self, directory: str | Path, *, include_base: bool | None = None) -> str:
+        """Write a checkpoint directory (which must not exist, or be empty); return its version
+        hash. ``include_base`` None copies the base weights unless they came unchanged from a
+        base directory and the MLLM is frozen, in which case the manifest refers to that
+        directory."""
+        if self.processor is None:
+            raise ValueError("this model has no processor (built without weights): cannot save")
+        if include_base is None:
+            include_base = self.base_reference is None or "mllm" not in self._frozen
+        directory = Path(directory)
+        with staging_directory(directory) as staging:
+            self.config.to_json_file(staging / CONFIG_NAME)
+            if not self.config.baseline:
+                save_module(self.unet, staging / UNET_WEIGHTS)
+                save_module(self._fusion_parts(), staging / FUSION_WEIGHTS)
+            self.processor.save_pretrained(staging / PROCESSOR_DIR)
+            if include_base:
+                self.base.save_pretrained(staging / BASE_DIR)
+            version = write_manifest(
+                staging, base_reference=None if include_base else self.base_reference
+            )
+        log.info("model.saved", checkpoint=str(directory), version=version, base=include_base)
+        return version
+
+    def _fusion_parts(self) -> nn.ModuleDict:
+        # A view for fusion.safetensors; not registered, so the model's own keys do not change.
+        return nn.ModuleDict(
+            {"projection": self.projection, "fusion": self.fusion, "film": self.film}
+        )
+
+    # ---------------------------------------------------------------- freezing and groups
+    def _component_modules(self, name: str) -> list[nn.Module]:
+        modules = {
+            "unet": [self.unet],
+            "fusion": [self.projection, self.fusion],
+            "film": [self.film],
+            "mllm": [self.base],
+            "vision_tower": [self.base.model.vision_model],
+        }[name]
+        return [m for m in modules if m is not None]
+
+    def component_parameters(self, name: str) -> list[nn.Parameter]:
+        """All parameters of one component (see COMPONENTS), trainable or not."""
+        if name not in COMPONENTS:
+            raise ValueError(f"unknown component {name!r}; valid are {list(COMPONENTS)}")
+        return [p for m in self._component_modules(name) for p in m.parameters()]
+
+    @property
+    def frozen(self) -> frozenset[str]:
+        return self._frozen
+
+    def set_frozen(self, components: Iterable[str]) -> None:
+        """Freeze exactly these components and make everything else trainable.
+
+        A frozen U-Net also stays in eval mode, so its batch-norm statistics do not move either.
+        See ABLATIONS for the paper's settings.
+        """
+        components = frozenset(components)
+        unknown = sorted(components - set(COMPONENTS))
+        if unknown:
+            raise ValueError(f"unknown components {unknown}; valid are {list(COMPONENTS)}")
+        for parameter in self.parameters():
+            parameter.requires_grad_(True)
+        for name in components:
+            for parameter in self.component_parameters(name):
+                parameter.requires_grad_(False)
+        self._frozen = components
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> MDFModel:
+        super().train(mode)
+        if self.unet is not None and "unet" in self._frozen:
+            self.unet.eval()
+        return self
+
+    def parameter_groups(self, learning_rates: Mapping[str, float]) -> list[dict[str, Any]]:
+        """Optimizer parameter groups of the trainable parameters, one per component in
+        ("unet", "fusion", "film", "mllm"), each with its rate from ``learning_rates`` (or its
+        "default" entry). Components with nothing to train are left out."""
+        unknown = sorted(set(learning_rates) - {*PARAMETER_GROUPS, "default"})
+        if unknown:
+            raise ValueError(f"unknown parameter groups {unknown}; valid are {PARAMETER_GROUPS}")
+        groups = []
+        for name in PARAMETER_GROUPS:
+            params = [p for p in self.component_parameters(name) if p.requires_grad]
+            if not params:
+                continue
+            if name not in learning_rates and "default" not in learning_rates:
+                raise ValueError(f"no learning rate for trainable component {name!r}")
+            rate = learning_rates.get(name, learning_rates.get("default"))
+            groups.append({"name": name, "params": params, "lr": rate})
+        return groups
+
+    def parameter_counts(self) -> dict[str, int]:
+        def count(modules: list[nn.Module]) -> int:
+            return sum(p.numel() for m in modules for p in m.parameters())
+
+        vision = count(self._component_modules("vision_tower"))
+        base = count([self.base])
+        return {
+            "total": count([self]),
+            "base": base,
+            "vision_tower": vision,
+            "language_model": base - vision,
+            "unet": count(self._component_modules("unet")),
+            "fusion": count(self._component_modules("fusion")),
+            "film": count(self._component_modules("film")),
+        }
+
+    # ---------------------------------------------------------------- forward passes
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def _image_states(self, inputs: ModelInputs) -> torch.Tensor:
+        """Vision tower + projector once per image -> (images, tiles * patches, hidden)."""
+        outputs = self.base.model.vision_model(
+            pixel_values=inputs.pixel_values,
+            aspect_ratio_ids=inputs.aspect_ratio_ids,
+            aspect_ratio_mask=inputs.aspect_ratio_mask,
+        )
+        states = self.base.model.multi_modal_projector(outputs.last_hidden_state)
+        return states.reshape(states.shape[0], -1, states.shape[-1])
+
+    def _unet_tokens(
+        self, inputs: ModelInputs
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+        if inputs.unet_pixels is None:
+            raise ValueError("this model needs unet_pixels (prepared without a U-Net image?)")
+        features = self.unet.encode(inputs.unet_pixels.to(next(self.unet.parameters()).dtype))
+        skips = self.unet.skips(features)
+        return features, skips, self.projection(skips)
+
+    def _fused(self, tokens: torch.Tensor | None) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext() if tokens is None else self.fusion.using(tokens)
+
+    def _run(self, inputs: ModelInputs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Hidden states (rows, L, hidden) and segmentation logits (images, C, N, N) or None."""
+        per_image = inputs.rows_per_image
+        image_states = self._image_states(inputs).repeat_interleave(per_image, dim=0)
+        features = skips = tokens = None
+        if self.unet is not None:
+            features, skips, tokens = self._unet_tokens(inputs)
+        with self._fused(tokens):
+            hidden = self.base.model(
+                input_ids=inputs.input_ids,
+                attention_mask=inputs.attention_mask,
+                position_ids=inputs.position_ids,
+                cross_attention_states=image_states,
+                cross_attention_mask=inputs.cross_attention_mask,
+                use_cache=False,
+            ).last_hidden_state
+        if self.unet is None:
+            return hidden, None
+        # The prompt part of an image's rows is the same in each row (causal attention).
+        prompt = inputs.prompt_mask[::per_image, :, None].to(hidden.dtype)
+        pooled = (hidden[::per_image] * prompt).sum(1) / prompt.sum(1).clamp(min=1)
+        return hidden, self.unet.decode(features, self.film(pooled, skips))
+
+    def forward(self, inputs: ModelInputs) -> MDFOutput:
+        """Teacher-forced forward for training: logits, answer loss and segmentation loss."""
+        hidden, seg_logits = self._run(inputs)
+        logits = self.base.lm_head(hidden)
+        lm_loss = None
+        if inputs.lm_labels is not None:
+            lm_loss = F.cross_entropy(
+                logits[:, :-1].flatten(0, 1).float(),
+                inputs.lm_labels[:, 1:].flatten(),
+                ignore_index=IGNORE_INDEX,
+            )
+        seg_loss = self._seg_loss(seg_logits, inputs)
+        parts = [lm_loss] if lm_loss is not None else []
+        if seg_loss is not None:
+            parts.append(self.config.seg_loss_weight * seg_loss)
+        return MDFOutput(
+            loss=sum(parts) if parts else None,
+            lm_loss=lm_loss,
+            seg_loss=seg_loss,
+            logits=logits,
+            seg_logits=seg_logits,
+        )
+
+    @staticmethod
+    def _seg_loss(seg_logits: torch.Tensor | None, inputs: ModelInputs) -> torch.Tensor | None:
+        if seg_logits is None or inputs.seg_targets is None or not inputs.seg_valid.any():
+            return None
+        per_map = F.binary_cross_entropy_with_logits(
+            seg_logits.float(), inputs.seg_targets.float(), reduction="none"
+        ).mean(dim=(2, 3))
+        return per_map[inputs.seg_valid].mean()
+
+    def score(self, inputs: ModelInputs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Log-probability of each row's answer tokens (rows,), from one forward pass, and the
+        segmentation logits. Only answer positions go through lm_head, so scoring many labels
+        does not materialise a (rows, L, vocab) tensor."""
+        if inputs.lm_labels is None:
+            raise ValueError("score() needs rows with answers (lm_labels)")
+        hidden, seg_logits = self._run(inputs)
+        targets = inputs.lm_labels[:, 1:]
+        selected = targets != IGNORE_INDEX
+        log_probs = torch.log_softmax(self.base.lm_head(hidden[:, :-1][selected]).float(), -1)
+        token_scores = log_probs.gather(-1, targets[selected][:, None])[:, 0]
+        rows = selected.nonzero()[:, 0]
+        scores = torch.zeros(targets.shape[0], device=token_scores.device)
+        return scores.index_add(0, rows, token_scores), seg_logits
+
+    @torch.no_grad()
+    def generate(self, inputs: ModelInputs, *, max_new_tokens: int = 16, **kwargs: Any) -> Any:
+        """Greedy ``generate()`` of the base model with fusion on; returns what it returns
+        (prompt + new tokens, or a dict with ``return_dict_in_generate=True``)."""
+        tokens = self._unet_tokens(inputs)[2] if self.unet is not None else None
+        settings = GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=self.base.generation_config.eos_token_id,
+            pad_token_id=self.base.config.text_config.pad_token_id,
+        )
+        with self._fused(tokens):
+            return self.base.generate(
+                input_ids=inputs.input_ids,
+                attention_mask=inputs.attention_mask,
+                pixel_values=inputs.pixel_values,
+                aspect_ratio_ids=inputs.aspect_ratio_ids,
+                aspect_ratio_mask=inputs.aspect_ratio_mask,
+                cross_attention_mask=inputs.cross_attention_mask,
+                generation_config=settings,
+                **kwargs,
+            )
