@@ -46,7 +46,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.environ[f"MDF_{flag.upper()}"] = str(value)
     get_settings.cache_clear()
     configure_logging(get_settings())
-    return int(args.handler(args) or 0)
+    from db.session import DatabaseNotMigrated
+
+    try:
+        return int(args.handler(args) or 0)
+    except DatabaseNotMigrated as error:
+        print(f"mdf: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

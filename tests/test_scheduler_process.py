@@ -1,0 +1,67 @@
+"""The scheduler as operators run it: `mdf scheduler` (beat + intake queue) in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import redis
+from celery.schedules import crontab
+from PIL import Image as PILImage
+
+from mdf.celery_app import REQUEUE_STALLED, SCAN_INBOXES, TRAIN, create_app
+from mdf.settings import Settings
+from scheduler.service import Scheduler
+
+
+def test_beat_schedule_comes_from_the_settings(settings: Settings) -> None:
+    custom = settings.model_copy(update={"scan_cron": "30 2 * * 1-5", "train_cron": "0 4 1 * *"})
+    schedule = create_app(custom).conf.beat_schedule
+    assert {entry["task"] for entry in schedule.values()} == {SCAN_INBOXES, REQUEUE_STALLED, TRAIN}
+    scan = schedule["scan-inboxes"]["schedule"]
+    assert scan == crontab(minute="30", hour="2", day_of_week="1-5")
+    assert schedule["train"]["schedule"] == crontab(minute="0", hour="4", day_of_month="1")
+
+
+def test_unmigrated_database_is_refused_with_a_clear_message(tmp_path: Path) -> None:
+    env = {**os.environ, "MDF_DATABASE_URL": f"sqlite:///{tmp_path / 'new.sqlite3'}"}
+    result = subprocess.run(
+        [sys.executable, "-m", "mdf.cli", "status"], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert "run `mdf db upgrade` first" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_scheduler_process_scans_inboxes_on_request(
+    settings: Settings, broker: redis.Redis, tmp_path: Path
+) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for i in range(3):
+        PILImage.new("RGB", (96, 96), (180, 60 + i, 30)).save(inbox / f"{i}.png")
+    env = {**os.environ, "MDF_INBOXES": str(inbox)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mdf.cli", "scheduler"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        create_app(settings).send_task(SCAN_INBOXES)
+        scheduler = Scheduler(settings)
+        deadline = time.monotonic() + 60
+        counts: dict = {}
+        while time.monotonic() < deadline:
+            counts = scheduler.status_counts()
+            if sum(row["queued"] for row in counts.values()) == 3:
+                break
+            time.sleep(0.5)
+        assert [row["queued"] for row in counts.values()] == [3]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
