@@ -1,0 +1,83 @@
+"""A classifier with the mdf_model interface that needs no torch, and pictures for it.
+
+Black pictures are unusable (``prepare`` raises, as a real model does for a lens cap),
+pure red ones break the forward pass, and the red channel decides the label, so every
+outcome is predictable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image as PILImage
+
+
+@dataclass(frozen=True)
+class FakeResult:
+    label: str
+    probabilities: dict[str, float]
+    text: str
+    text_label: str | None
+    agrees: bool
+    mask: np.ndarray
+
+
+@dataclass
+class FakeClassifier:
+    """The mdf_model.Classifier interface: black pictures are unusable, like a lens cap, and
+    pure red ones crash the forward pass of any batch they are in."""
+
+    version_hash: str
+    labels: list[str] = field(default_factory=lambda: ["acquired", "inherited"])
+    batches: list[int] = field(default_factory=list)  # size of each classify_prepared call
+    on_classify: Callable[[], None] | None = None  # runs inside classify_prepared, once
+
+    def prepare(self, image: np.ndarray, clinical_text: str | None) -> Any:
+        if image.mean() < 5:
+            raise ValueError("no retina visible: the picture is black")
+        return float(image[..., 0].mean())
+
+    def classify_prepared(
+        self, batch: list[Any], *, generate_text: bool = True, max_new_tokens: int = 16
+    ) -> list[FakeResult]:
+        self.batches.append(len(batch))
+        if self.on_classify is not None:
+            hook, self.on_classify = self.on_classify, None
+            hook()
+        if any(red > 250 for red in batch):
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        results = []
+        for red in batch:
+            p = min(max(red / 255, 0.0), 1.0)
+            label = "inherited" if p > 0.5 else "acquired"
+            mask = np.full((8, 8), 255 if label == "inherited" else 0, dtype=np.uint8)
+            probabilities = {"acquired": 1 - p, "inherited": p}
+            results.append(FakeResult(label, probabilities, f" {label}", label, True, mask))
+        return results
+
+
+@dataclass
+class FakeLoader:
+    """``load_classifier``: a checkpoint directory named ``broken*`` fails to load."""
+
+    loads: list[Path] = field(default_factory=list)
+
+    def __call__(self, path: Path, *, device: str = "cpu") -> FakeClassifier:
+        self.loads.append(Path(path))
+        if Path(path).name.startswith("broken"):
+            raise ValueError(f"{path}: manifest.json does not match the weights")
+        return FakeClassifier(version_hash=f"{Path(path).name:0<64}"[:64])
+
+
+def write_jpeg(path: Path, red: int) -> Path:
+    """A small colour JPEG; ``red=0`` gives a black picture the fake classifier refuses."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.zeros((64, 64, 3), dtype=np.uint8)
+    pixels[..., 0] = red
+    pixels[..., 1] = red // 3
+    PILImage.fromarray(pixels).save(path, "JPEG", quality=95)
+    return path

@@ -1,0 +1,280 @@
+"""One chunk, start to finish: claim, load, preprocess, classify in one batch, write.
+
+Plain functions, so the pipeline is tested without Celery; ``worker.tasks`` is the
+shell. Failures are kept as small as their cause:
+
+- an image that cannot be read or prepared fails alone, with its reason, and the
+  rest of the chunk goes on;
+- a batched forward pass that raises is retried image by image, so an input that
+  breaks the model fails alone too;
+- a transient error (the database or broker unreachable) propagates unchanged:
+  the task retries the whole chunk later and the claim makes that safe;
+- anything else fails the chunk's claimed images with the error as their reason
+  and is re-raised, so it is both recorded and logged.
+
+Per chunk the database sees three round trips: the promoted-version check, the
+claim, and one transaction writing every prediction and failure.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import kombu.exceptions
+import sqlalchemy.exc
+import structlog
+from sqlalchemy.orm import Session, sessionmaker
+
+from mdf.imaging import Rejection, load_frame
+from mdf.settings import Settings
+from worker.claims import ClaimedImage, Failure, claim_images, mark_failed
+from worker.results import PredictionRow, mask_directory, save_mask, write_predictions
+from worker.serving import ModelServer, ServedModel
+
+log = structlog.get_logger(__name__)
+
+#: Errors that say nothing about the images: retry the chunk once the service is back.
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
+    sqlalchemy.exc.OperationalError,  # connection refused or lost, deadlock, SQLite busy
+    sqlalchemy.exc.InterfaceError,  # connection already closed
+    sqlalchemy.exc.DisconnectionError,
+    kombu.exceptions.OperationalError,  # broker unreachable
+)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    image: ClaimedImage
+    input: Any  # mdf_model.PreparedInput
+    preprocess_ms: float
+
+
+@dataclass(frozen=True)
+class Classified:
+    prepared: Prepared
+    result: Any  # mdf_model.ClassificationResult
+    inference_ms: float
+
+
+@dataclass
+class ChunkOutcome:
+    model_version: str
+    written: list[int] = field(default_factory=list)
+    duplicates: list[int] = field(default_factory=list)
+    failed: dict[int, Failure] = field(default_factory=dict)
+    skipped: list[int] = field(default_factory=list)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "written": len(self.written),
+            "duplicates": len(self.duplicates),
+            "failed": len(self.failed),
+            "skipped": len(self.skipped),
+        }
+
+
+def preprocess(
+    images: Sequence[ClaimedImage], classifier: Any, *, max_pixels: int
+) -> tuple[list[Prepared], dict[int, Failure]]:
+    """Decode and prepare each image; one that fails is set aside with its reason."""
+    prepared: list[Prepared] = []
+    failures: dict[int, Failure] = {}
+    for image in images:
+        start = time.perf_counter()
+        try:
+            pixels = load_frame(Path(image.source_path), image.frame, max_pixels=max_pixels)
+            model_input = classifier.prepare(pixels, image.clinical_text)
+        except Rejection as rejection:
+            failures[image.id] = Failure(rejection.code, rejection.reason)
+        except OSError as error:
+            failures[image.id] = Failure("unreadable", f"cannot read the file: {error.strerror}")
+        except ValueError as error:
+            failures[image.id] = Failure("unusable_image", str(error))
+        except Exception as error:
+            failures[image.id] = Failure("preprocess_error", f"{type(error).__name__}: {error}")
+        else:
+            elapsed = (time.perf_counter() - start) * 1000
+            prepared.append(Prepared(image, model_input, elapsed))
+    return prepared, failures
+
+
+def classify(
+    classifier: Any, prepared: Sequence[Prepared], *, max_new_tokens: int
+) -> tuple[list[Classified], dict[int, Failure]]:
+    """One batched forward pass; if it raises, each image alone to find the culprit."""
+    if not prepared:
+        return [], {}
+    start = time.perf_counter()
+    try:
+        results = classifier.classify_prepared(
+            [item.input for item in prepared], max_new_tokens=max_new_tokens
+        )
+    except Exception as error:
+        log.warning("batch_forward_failed", images=len(prepared), error=repr(error))
+    else:
+        share = (time.perf_counter() - start) * 1000 / len(prepared)
+        return [Classified(p, r, share) for p, r in zip(prepared, results, strict=True)], {}
+    classified: list[Classified] = []
+    failures: dict[int, Failure] = {}
+    for item in prepared:
+        start = time.perf_counter()
+        try:
+            (result,) = classifier.classify_prepared([item.input], max_new_tokens=max_new_tokens)
+        except Exception as error:
+            failures[item.image.id] = Failure("inference_error", f"{type(error).__name__}: {error}")
+        else:
+            classified.append(Classified(item, result, (time.perf_counter() - start) * 1000))
+    return classified, failures
+
+
+def prediction_row(item: Classified, mask_path: Path | None) -> PredictionRow:
+    result = item.result
+    return PredictionRow(
+        image_id=item.prepared.image.id,
+        label=result.label,
+        probability=float(result.probabilities[result.label]),
+        probabilities={label: float(p) for label, p in result.probabilities.items()},
+        generated_text=result.text,
+        text_label=result.text_label,
+        text_agrees=bool(result.agrees),
+        mask_path=None if mask_path is None else str(mask_path),
+        preprocess_ms=round(item.prepared.preprocess_ms, 3),
+        inference_ms=round(item.inference_ms, 3),
+    )
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """Everything a chunk needs; built per task from the settings, cheap to build."""
+
+    sessions: sessionmaker[Session]
+    server: ModelServer
+    masks_dir: Path
+    max_attempts: int
+    max_pixels: int
+    max_new_tokens: int
+    worker: str
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        sessions: sessionmaker[Session],
+        server: ModelServer,
+        worker: str,
+    ) -> Pipeline:
+        return cls(
+            sessions=sessions,
+            server=server,
+            masks_dir=settings.masks_dir,
+            max_attempts=settings.max_attempts,
+            max_pixels=settings.max_image_pixels,
+            max_new_tokens=settings.max_new_tokens,
+            worker=worker,
+        )
+
+    def run(self, image_ids: Sequence[int]) -> ChunkOutcome:
+        started = time.perf_counter()
+        served = self.server.current()  # between chunks: the hot-reload point
+        with structlog.contextvars.bound_contextvars(model_version=served.name):
+            with self.sessions.begin() as session:
+                claim = claim_images(session, image_ids, max_attempts=self.max_attempts)
+            outcome = ChunkOutcome(served.name, skipped=claim.skipped)
+            for image_id in claim.exhausted:
+                log.warning("image_failed", image_id=image_id, reason_code="too_many_attempts")
+            if claim.images:
+                try:
+                    self._classify_and_write(served, claim.images, outcome)
+                except TRANSIENT_ERRORS:
+                    raise
+                except Exception as error:
+                    self._fail_all(claim.images, error)
+                    raise
+            log.info(
+                "chunk_finished",
+                images=len(image_ids),
+                claimed=len(claim.images),
+                exhausted=len(claim.exhausted),
+                total_ms=round((time.perf_counter() - started) * 1000, 1),
+                **outcome.timings_ms,
+                **outcome.counts(),
+            )
+        return outcome
+
+    def _classify_and_write(
+        self, served: ServedModel, images: list[ClaimedImage], outcome: ChunkOutcome
+    ) -> None:
+        start = time.perf_counter()
+        prepared, failures = preprocess(images, served.classifier, max_pixels=self.max_pixels)
+        preprocess_ms = (time.perf_counter() - start) * 1000
+        start = time.perf_counter()
+        classified, inference_failures = classify(
+            served.classifier, prepared, max_new_tokens=self.max_new_tokens
+        )
+        inference_ms = (time.perf_counter() - start) * 1000
+        failures.update(inference_failures)
+        start = time.perf_counter()
+        directory = mask_directory(self.masks_dir, served.name)
+        rows = [
+            prediction_row(
+                item,
+                # a baseline model (no U-Net) returns an empty mask: nothing to save
+                save_mask(item.result.mask, directory, item.prepared.image.id)
+                if item.result.mask.size
+                else None,
+            )
+            for item in classified
+        ]
+        with self.sessions.begin() as session:
+            written = write_predictions(
+                session, rows, model_version_id=served.version_id, worker=self.worker
+            )
+            mark_failed(session, failures)
+        write_ms = (time.perf_counter() - start) * 1000
+        outcome.written = written
+        outcome.duplicates = sorted({row.image_id for row in rows} - set(written))
+        outcome.failed.update(failures)
+        outcome.timings_ms = {
+            "preprocess_ms": round(preprocess_ms, 1),
+            "inference_ms": round(inference_ms, 1),
+            "write_ms": round(write_ms, 1),
+        }
+        self._log_images(images, classified, failures, set(written))
+
+    def _fail_all(self, images: list[ClaimedImage], error: Exception) -> None:
+        failure = Failure("worker_error", f"{type(error).__name__}: {error}")
+        log.exception("chunk_failed", images=len(images), error=failure.reason)
+        with self.sessions.begin() as session:
+            mark_failed(session, {image.id: failure for image in images})
+
+    @staticmethod
+    def _log_images(
+        images: list[ClaimedImage],
+        classified: list[Classified],
+        failures: dict[int, Failure],
+        written: set[int],
+    ) -> None:
+        """A line per image, bound to its batch and id; codes and labels, never paths."""
+        by_id = {item.prepared.image.id: item for item in classified}
+        for image in images:
+            with structlog.contextvars.bound_contextvars(
+                image_id=image.id, batch_id=image.batch_id
+            ):
+                if image.id in failures:
+                    log.warning("image_failed", reason_code=failures[image.id].code)
+                    continue
+                item = by_id[image.id]
+                log.info(
+                    "image_classified",
+                    label=item.result.label,
+                    duplicate=image.id not in written,
+                    attempts=image.attempts,
+                    preprocess_ms=round(item.prepared.preprocess_ms, 1),
+                    inference_ms=round(item.inference_ms, 1),
+                )

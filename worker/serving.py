@@ -1,0 +1,121 @@
+"""Which model version a worker serves, loaded once per process and swapped between chunks.
+
+The database decides: the promoted row of ``model_versions`` is served. Before
+anything was ever promoted, the checkpoint in ``MDF_MODEL_DIR`` is registered as a
+version (named after its manifest hash) and served, so a first night needs no
+training. ``ModelServer.current()`` runs before every chunk: one small query, and a
+reload only when the promotion changed, so a chunk is always classified by one
+version. A promoted checkpoint that fails to load is logged and not retried by this
+process; the worker keeps serving what it had rather than stopping the night.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.session import session_factory
+from db.versions import promoted_version, register_version
+
+log = structlog.get_logger(__name__)
+
+Loader = Callable[..., Any]  # load_classifier(path, device=...) -> Classifier
+
+
+class ModelUnavailable(RuntimeError):
+    """No model version can be served: nothing promoted, no usable MDF_MODEL_DIR."""
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    version_id: int
+    name: str
+    classifier: Any  # mdf_model.Classifier
+
+
+class ModelServer:
+    """The classifier this process serves; call ``current()`` before each chunk."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        *,
+        model_dir: Path | None,
+        device: str,
+        loader: Loader | None = None,
+    ):
+        self._sessions = sessions
+        self._model_dir = model_dir
+        self._device = device
+        self._loader = loader
+        self._served: ServedModel | None = None
+        self._broken: set[int] = set()
+
+    def _load(self, path: Path) -> Any:
+        if self._loader is None:
+            from mdf_model import load_classifier  # torch is imported only by workers
+
+            self._loader = load_classifier
+        return self._loader(path, device=self._device)
+
+    def current(self) -> ServedModel:
+        with self._sessions() as session:
+            promoted = promoted_version(session)
+            target = (promoted.id, promoted.name, Path(promoted.path)) if promoted else None
+        if target is None:
+            return self._served or self._serve_model_dir()
+        version_id, name, path = target
+        if self._served is not None and self._served.version_id == version_id:
+            return self._served
+        if version_id not in self._broken:
+            try:
+                classifier = self._load(path)
+            except Exception as error:
+                self._broken.add(version_id)
+                log.error("model_load_failed", model_version=name, error=str(error))
+            else:
+                return self._swap(ServedModel(version_id, name, classifier))
+        if self._served is None:
+            raise ModelUnavailable(f"promoted model version {name} cannot be loaded from {path}")
+        return self._served
+
+    def _serve_model_dir(self) -> ServedModel:
+        if self._model_dir is None:
+            raise ModelUnavailable(
+                "no model version is promoted and MDF_MODEL_DIR is not set: point MDF_MODEL_DIR "
+                "at a checkpoint directory, or train and promote a version"
+            )
+        try:
+            classifier = self._load(self._model_dir)
+        except Exception as error:
+            raise ModelUnavailable(
+                f"no model version is promoted and MDF_MODEL_DIR={self._model_dir} cannot be "
+                f"loaded: {error}"
+            ) from error
+        with self._sessions.begin() as session:
+            version = register_version(
+                session,
+                path=self._model_dir,
+                manifest_sha256=classifier.version_hash,
+                labels=list(classifier.labels),
+            )
+            served = ServedModel(version.id, version.name, classifier)
+        return self._swap(served)
+
+    def _swap(self, served: ServedModel) -> ServedModel:
+        previous = self._served.name if self._served else None
+        self._served = served
+        log.info("model_serving", model_version=served.name, previous=previous)
+        return served
+
+
+@functools.cache
+def model_server(database_url: str, model_dir: Path | None, device: str) -> ModelServer:
+    """The process's one server: the model is loaded once per worker process."""
+    return ModelServer(session_factory(database_url), model_dir=model_dir, device=device)

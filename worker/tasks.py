@@ -1,0 +1,83 @@
+"""The inference worker's Celery task: a thin shell around ``worker.inference.Pipeline``.
+
+Only transient errors are retried (exponential backoff with jitter, bounded): the
+claim makes a retried or re-delivered chunk safe. When the retries run out the
+images are still ``queued`` or ``processing`` in the database, where the
+scheduler's ``requeue`` finds and re-sends them; the task says so in the log.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import sqlalchemy.exc
+import structlog
+from celery import Task, shared_task
+
+from db.session import session_factory
+from mdf.celery_app import CLASSIFY_CHUNK
+from mdf.settings import get_settings
+from worker.inference import TRANSIENT_ERRORS, Pipeline
+from worker.serving import model_server
+
+log = structlog.get_logger(__name__)
+
+#: With backoff 1, 2, 4 ... 300 s (full jitter) this rides out an outage of ten minutes or so.
+MAX_RETRIES = 12
+RETRY_BACKOFF_MAX_S = 300
+
+
+def describe(error: BaseException) -> str:
+    """The error without the SQL statement and parameters SQLAlchemy appends to it."""
+    if isinstance(error, sqlalchemy.exc.StatementError) and error.orig is not None:
+        error = error.orig
+    first_line = str(error).strip().splitlines()[:1]
+    return ": ".join([type(error).__name__, *first_line])
+
+
+class ChunkTask(Task):
+    """Logs every retry and every chunk given up, with its image ids."""
+
+    def on_retry(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any):
+        log.warning(
+            "chunk_retry",
+            task_id=task_id,
+            image_ids=kwargs.get("image_ids"),
+            retries=self.request.retries,
+            error=describe(exc),
+        )
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any):
+        log.error(
+            "chunk_given_up",
+            task_id=task_id,
+            image_ids=kwargs.get("image_ids"),
+            retries=self.request.retries,
+            error=describe(exc),
+            note="images left queued or processing are re-sent by the scheduler's requeue",
+        )
+
+
+@shared_task(
+    bind=True,
+    base=ChunkTask,
+    name=CLASSIFY_CHUNK,
+    autoretry_for=TRANSIENT_ERRORS,
+    retry_backoff=True,
+    retry_backoff_max=RETRY_BACKOFF_MAX_S,
+    retry_jitter=True,
+    max_retries=MAX_RETRIES,
+)
+def classify_chunk(self: Task, image_ids: list[int]) -> dict[str, int]:
+    settings = get_settings()
+    pipeline = Pipeline.from_settings(
+        settings,
+        sessions=session_factory(settings.resolved_database_url),
+        server=model_server(settings.resolved_database_url, settings.model_dir, settings.device),
+        worker=self.request.hostname or socket.gethostname(),
+    )
+    with structlog.contextvars.bound_contextvars(
+        task_id=self.request.id, retries=self.request.retries
+    ):
+        return pipeline.run(image_ids).counts()
