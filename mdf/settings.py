@@ -72,7 +72,10 @@ class Settings(BaseSettings):
     model_dir: Path | None = Field(
         default=None, description="Checkpoint served when no model version is promoted yet."
     )
-    device: str = Field(default="cpu", description="Torch device of an inference worker.")
+    device: str = Field(
+        default="cpu",
+        description="Torch device: cpu, cuda:N, or auto (the first GPU no other worker holds).",
+    )
     log_format: Literal["auto", "json", "console"] = Field(
         default="auto", description="auto: console on a terminal, JSON lines otherwise."
     )

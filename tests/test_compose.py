@@ -76,11 +76,12 @@ def test_every_role_is_a_service(services: dict[str, Any]) -> None:
         assert services[name]["build"] == "."
 
 
-def test_each_worker_reserves_one_gpu_and_can_be_scaled(services: dict[str, Any]) -> None:
+def test_workers_see_the_gpus_and_each_claims_its_own(services: dict[str, Any]) -> None:
     for name in ("worker", "trainer"):
         devices = services[name]["deploy"]["resources"]["reservations"]["devices"]
-        assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
-        assert services[name]["environment"]["MDF_DEVICE"] == "cuda:0"
+        assert devices == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
+    assert services["worker"]["environment"]["MDF_DEVICE"] == "auto"  # one GPU per replica
+    assert services["trainer"]["environment"]["MDF_DEVICE"] == "cuda:0"
     worker = services["worker"]
     assert "container_name" not in worker and "ports" not in worker  # --scale worker=N
 

@@ -37,6 +37,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
     train = subparsers.add_parser("train", help="fine-tune, evaluate, promote if better")
     train.add_argument("--config", type=Path, help="YAML or JSON training configuration")
+    train.add_argument("--epochs", type=int, help="overrides the configuration's epochs")
     train.add_argument(
         "--dry-run",
         action="store_true",
@@ -85,6 +86,8 @@ def _train(args: argparse.Namespace) -> int:
     from training.config import TrainConfig
 
     config = TrainConfig.from_file(args.config) if args.config else TrainConfig()
+    if args.epochs is not None:
+        config = config.model_copy(update={"epochs": args.epochs})
     if args.dry_run:
         from training.memory import estimate, format_estimate
 
@@ -132,11 +135,11 @@ def _models(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"  {'name':<16}{'created':<22}{'accuracy':>9}  path")
+    print(f"  {'name':<22}{'created':<21}{'accuracy':>9}  path")
     for row in rows:
         mark = "*" if row["promoted"] else " "
         accuracy = f"{row['accuracy']:.3f}" if row["accuracy"] is not None else "-"
-        print(f"{mark} {row['name']:<16}{row['created_at'][:19]:<22}{accuracy:>9}  {row['path']}")
+        print(f"{mark} {row['name']:<22}{row['created_at'][:19]:<21}{accuracy:>9}  {row['path']}")
     return 0
 
 

@@ -61,7 +61,7 @@ class TrainConfig(BaseModel):
     image_only_eval: bool = Field(default=True, description="also evaluate without clinical text")
     max_images: int | None = Field(default=None, ge=1)
     seed: int = 0
-    device: str = "cpu"
+    device: str | None = Field(default=None, description="default: MDF_DEVICE")
     bf16: bool = Field(default=True, description="bf16 autocast on CUDA devices")
     promotion: PromotionRule = Field(default_factory=PromotionRule)
 

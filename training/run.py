@@ -68,7 +68,7 @@ def load_for_training(path: Path, config: TrainConfig):
     """The starting classifier, set up for the configured variant and strategy."""
     from mdf_model import ABLATIONS, MDFModel, load_classifier
 
-    classifier = load_classifier(path, device=config.device)
+    classifier = load_classifier(path, device=config.device or "cpu")
     if config.variant == "baseline":
         model = classifier.model
         classifier.model = MDFModel(
@@ -110,6 +110,8 @@ class Runner:
     def __init__(self, config: TrainConfig, settings: Settings):
         from mdf_model import load_classifier  # torch loads with the trainer only
 
+        if config.device is None:
+            config = config.model_copy(update={"device": settings.device})
         self.config = config
         self.settings = settings
         self.sessions: sessionmaker[Session] = session_factory(settings.resolved_database_url)

@@ -27,7 +27,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         default="inference",
         help=f"comma-separated, of: {', '.join(TASK_MODULES)} (default: inference)",
     )
-    worker.add_argument("--device", help="overrides MDF_DEVICE: cuda:0, cuda:1, ... or cpu")
+    worker.add_argument(
+        "--device",
+        help="overrides MDF_DEVICE: cuda:0, cuda:1, ..., cpu, or auto (the first GPU no other "
+        "worker holds)",
+    )
     worker.add_argument(
         "--burst",
         action="store_true",
@@ -57,6 +61,23 @@ def _worker(args: argparse.Namespace) -> int:
         choices = ", ".join(TASK_MODULES)
         print(f"mdf worker: unknown queue(s) {unknown}; choose from {choices}", file=sys.stderr)
         return 2
+    gpu_lock = None  # held open for the life of this process
+    if settings.device == "auto":
+        import torch
+
+        from worker.gpu import NoFreeDevice, claim_device
+
+        try:
+            device, gpu_lock = claim_device(
+                "auto", settings.data_dir / "gpus", torch.cuda.device_count()
+            )
+        except NoFreeDevice as error:
+            print(f"mdf worker: {error}", file=sys.stderr)
+            return 2
+        os.environ["MDF_DEVICE"] = device
+        get_settings.cache_clear()
+        settings = get_settings()
+        log.info("device_claimed", device=device)
     for queue in queues:
         try:
             importlib.import_module(TASK_MODULES[queue])
@@ -94,7 +115,11 @@ def _worker(args: argparse.Namespace) -> int:
     argv = ["worker", "--pool", "solo", "--concurrency", "1", "--queues", ",".join(queues)]
     argv += ["--hostname", hostname]
     argv += ["--loglevel", settings.log_level, "--without-gossip", "--without-mingle"]
-    return int(app.start(argv) or 0)
+    try:
+        return int(app.start(argv) or 0)
+    finally:
+        if gpu_lock is not None:
+            gpu_lock.close()
 
 
 def _ping(args: argparse.Namespace) -> int:
