@@ -98,3 +98,39 @@ def test_a_training_run_is_recorded_and_the_first_challenger_promoted(
     assert all(torch.equal(before[k], after[k]) for k in before)  # the frozen U-Net is unchanged
     lm_before = load_for_training(tiny_checkpoint, config).model.base.lm_head.weight
     assert not torch.equal(lm_before, trained.model.base.lm_head.weight)  # the MLLM trained
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_run_resumes_from_its_last_saved_epoch(
+    labelled_night: Settings, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    base = {"checkpoint": tiny_checkpoint, "output_dir": tmp_path / "runs", "batch_size": 8}
+    base |= {"image_only_eval": False}
+    first = train_and_evaluate(TrainConfig(epochs=1, **base), labelled_night)
+    first_history = json.loads(first.report.read_text())["history"]
+    assert (first.report.parent / "state.pt").is_file()
+
+    resumed = train_and_evaluate(
+        TrainConfig(epochs=2, resume_run=first.run_id, **base), labelled_night
+    )
+    history = json.loads(resumed.report.read_text())["history"]
+    assert history["epochs"] == 2 and len(history["train"]) == 2
+    assert history["train"][0] == first_history["train"][0]  # epoch 1 was not run again
+    with pytest.raises(ValueError, match="cannot resume run 99"):
+        train_and_evaluate(TrainConfig(epochs=2, resume_run=99, **base), labelled_night)
+
+
+def test_the_baseline_variant_is_the_plain_mllm_behind_the_same_api(tiny_checkpoint: Path) -> None:
+    from training.synthetic import generate_case
+
+    classifier = load_for_training(tiny_checkpoint, TrainConfig(variant="baseline"))
+    model = classifier.model
+    assert model.unet is None and model.fusion is None and model.film is None
+    case = generate_case(0, size=96)
+    prepared = classifier.prepare(case.image, case.clinical_text)
+    inputs = classifier.training_inputs([prepared], [case.label])
+    output = model(inputs)
+    assert output.seg_loss is None and output.lm_loss is not None
+    result = classifier.classify_prepared([prepared], generate_text=False)[0]
+    assert sum(result.probabilities.values()) == pytest.approx(1.0)
+    assert result.mask.size == 0

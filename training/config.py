@@ -59,6 +59,10 @@ class TrainConfig(BaseModel):
         default=None, description="also report a split that holds this source out whole"
     )
     image_only_eval: bool = Field(default=True, description="also evaluate without clinical text")
+    resume_run: int | None = Field(
+        default=None,
+        description="continue the training of this run id from its last saved epoch",
+    )
     max_images: int | None = Field(default=None, ge=1)
     seed: int = 0
     device: str | None = Field(default=None, description="default: MDF_DEVICE")

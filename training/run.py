@@ -7,6 +7,7 @@ when configured, a second model trained without one source and scored on it.
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,9 @@ from training.splits import Example, split_by_patient, split_by_source
 from training.trainer import History, Trainer, apply_strategy
 
 log = structlog.get_logger(__name__)
+
+#: The resumable training state a run keeps beside its report.
+STATE_FILE = "state.pt"
 
 
 @dataclass
@@ -80,8 +84,11 @@ def load_for_training(path: Path, config: TrainConfig):
     return classifier
 
 
-def train_on(start: Path, examples: list[Example], config: TrainConfig) -> tuple[Any, History]:
-    """Fine-tune a copy of ``start`` on ``examples`` (a patient-grouped part validates)."""
+def train_on(
+    start: Path, examples: list[Example], config: TrainConfig, state: Path | None = None
+) -> tuple[Any, History]:
+    """Fine-tune a copy of ``start`` on ``examples`` (a patient-grouped part validates);
+    ``state`` is where training resumes from and saves to after every epoch."""
     classifier = load_for_training(start, config)
     split = split_by_patient(
         examples, eval_fraction=config.validation_fraction, seed=config.seed + 1
@@ -93,6 +100,7 @@ def train_on(start: Path, examples: list[Example], config: TrainConfig) -> tuple
         [e.label for e in train.examples],
         validation.inputs,
         [e.label for e in validation.examples],
+        state=state,
     )
     return classifier, history
 
@@ -161,7 +169,15 @@ class Runner:
         if len({e.group for e in examples}) < 4:
             raise ValueError(f"too few labelled patients to train on: {len(examples)} images")
         split = split_by_patient(examples, eval_fraction=config.eval_fraction, seed=config.seed)
-        classifier, history = train_on(start, split.train, config)
+        out = (config.output_dir or self.settings.data_dir / "training") / f"run-{run_id:04d}"
+        out.mkdir(parents=True, exist_ok=True)
+        state = out / STATE_FILE
+        if config.resume_run is not None:
+            previous = out.with_name(f"run-{config.resume_run:04d}") / STATE_FILE
+            if not previous.is_file():
+                raise ValueError(f"cannot resume run {config.resume_run}: {previous} is missing")
+            shutil.copyfile(previous, state)
+        classifier, history = train_on(start, split.train, config, state)
 
         held_out = prepare(classifier, split.evaluation)
         challenger = score(classifier, held_out)
@@ -187,7 +203,6 @@ class Runner:
             max_recall_drop=rule.max_recall_drop,
         )
 
-        out = (config.output_dir or self.settings.data_dir / "training") / f"run-{run_id:04d}"
         checkpoint = out / "checkpoint"
         version_hash = classifier.save(checkpoint)
         report_path = plots.write_report(

@@ -13,7 +13,8 @@ import contextlib
 import math
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import structlog
@@ -102,6 +103,7 @@ class Trainer:
             for name in MONITORS
             if any(p.requires_grad for p in self.model.component_parameters(name))
         }
+        self.trained = {name for name, p in self.model.named_parameters() if p.requires_grad}
         self.optimizer = torch.optim.AdamW(
             self.model.parameter_groups(config.learning_rates), weight_decay=config.weight_decay
         )
@@ -148,10 +150,53 @@ class Trainer:
                     sums[name].append(float(value))
         return {k: v for k, v in ((k, _mean(v)) for k, v in sums.items()) if v is not None}
 
-    def fit(self, train_inputs, train_targets, val_inputs, val_targets) -> History:
-        history = History()
+    def save_state(
+        self, path: Path, epoch: int, history: History, rng: np.random.Generator
+    ) -> None:
+        """Everything needed to continue after ``epoch``: trained weights (not the frozen
+        ones), optimizer, early-stopping state, history and the shuffling generator."""
+        buffers = {name for name, _ in self.model.named_buffers()}
+        state = {
+            "epoch": epoch,
+            "model": {
+                name: tensor
+                for name, tensor in self.model.state_dict().items()
+                if name in self.trained or name in buffers
+            },
+            "optimizer": self.optimizer.state_dict(),
+            "watches": {name: asdict(watch) for name, watch in self.watches.items()},
+            "history": asdict(history),
+            "rng": rng.bit_generator.state,
+        }
+        partial = path.with_suffix(".partial")
+        torch.save(state, partial)
+        partial.replace(path)  # a crash mid-write leaves the previous epoch's state
+
+    def restore_state(self, path: Path) -> tuple[int, History, np.random.Generator]:
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        missing = set(state["model"]) - set(self.model.state_dict())
+        if missing:
+            raise ValueError(f"{path}: state of another model ({len(missing)} unknown tensors)")
+        self.model.load_state_dict(state["model"], strict=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.watches = {name: ComponentWatch(**w) for name, w in state["watches"].items()}
+        stopped = [name for name, w in self.watches.items() if w.stopped_at is not None]
+        if stopped:
+            self._freeze(stopped)
+        rng = np.random.default_rng()
+        rng.bit_generator.state = state["rng"]
+        log.info("training_resumed", after_epoch=state["epoch"], state=str(path))
+        return state["epoch"] + 1, History(**state["history"]), rng
+
+    def fit(
+        self, train_inputs, train_targets, val_inputs, val_targets, state: Path | None = None
+    ) -> History:
+        """Train; with ``state``, continue from it if it exists and save it every epoch."""
+        history, first = History(), 1
         rng = np.random.default_rng(self.config.seed)
-        for epoch in range(1, self.config.epochs + 1):
+        if state is not None and state.exists():
+            first, history, rng = self.restore_state(state)
+        for epoch in range(first, self.config.epochs + 1):
             history.train.append(self._epoch(train_inputs, train_targets, rng))
             validation = self.validate(val_inputs, val_targets)
             history.validation.append(validation)
@@ -174,6 +219,8 @@ class Trainer:
                 validation=validation,
                 converged=converged,
             )
+            if state is not None:
+                self.save_state(state, epoch, history, rng)
             if all(w.stopped_at is not None for w in self.watches.values()):
                 break
         history.stopped = {name: w.stopped_at for name, w in self.watches.items()}
