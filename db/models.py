@@ -52,6 +52,22 @@ class ImageStatus(enum.StrEnum):
     FAILED = "failed"
 
 
+TOO_MANY_ATTEMPTS = "too_many_attempts"
+
+
+def gave_up(max_attempts: int) -> dict[str, Any]:
+    """Column values of an image that workers started ``max_attempts`` times and never
+    finished: it is most likely what kills them, so it fails and the batch goes on."""
+    now = utcnow()
+    return {
+        "status": ImageStatus.FAILED,
+        "reason_code": TOO_MANY_ATTEMPTS,
+        "reason": f"no worker finished it in {max_attempts} attempts",
+        "finished_at": now,
+        "status_changed_at": now,
+    }
+
+
 class Batch(Base):
     """One delivery: an ingest of a folder, named by the operator or after the night."""
 
@@ -237,6 +253,7 @@ class Promotion(Base):
 
 
 __all__ = [
+    "TOO_MANY_ATTEMPTS",
     "Base",
     "Batch",
     "Image",
@@ -247,5 +264,6 @@ __all__ = [
     "Promotion",
     "Study",
     "TrainingRun",
+    "gave_up",
     "utcnow",
 ]

@@ -18,7 +18,7 @@ from celery import Celery
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.models import Image, ImageStatus, utcnow
+from db.models import Image, ImageStatus, gave_up, utcnow
 from mdf.celery_app import CLASSIFY_CHUNK
 
 log = structlog.get_logger(__name__)
@@ -88,18 +88,9 @@ def requeue_stalled(
         ).all()
         give_up = [image_id for image_id, attempts in rows if attempts >= max_attempts]
         retry = [image_id for image_id, attempts in rows if attempts < max_attempts]
-        now = utcnow()
         if give_up:
             session.execute(
-                update(Image)
-                .where(Image.id.in_(give_up))
-                .values(
-                    status=ImageStatus.FAILED,
-                    reason_code="too_many_attempts",
-                    reason=f"no worker finished it in {max_attempts} attempts",
-                    finished_at=now,
-                    status_changed_at=now,
-                )
+                update(Image).where(Image.id.in_(give_up)).values(gave_up(max_attempts))
             )
         _mark_queued(session, retry)
     send_chunks(app, retry, chunk_size)

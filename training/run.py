@@ -164,7 +164,9 @@ class Runner:
         self, run_id: int, start: Path, champion: Champion | None
     ) -> RunResult:
         config = self.config
-        labels = self.load(start, device=config.device).labels
+        from mdf_model.modeling import read_config
+
+        labels = read_config(start).labels  # the model itself loads once, in train_on
         examples = labelled_examples(self.sessions, labels, limit=config.max_images)
         if len({e.group for e in examples}) < 4:
             raise ValueError(f"too few labelled patients to train on: {len(examples)} images")

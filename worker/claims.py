@@ -6,8 +6,8 @@ do from the database, never from the message: an image that is ``queued`` or
 ``processing`` is (re)claimed and its ``attempts`` counted; one that is done,
 failed or rejected is skipped; one already started ``max_attempts`` times is
 marked failed instead of being tried again, as it is most likely what kills its
-workers. The scheduler's ``requeue_stalled`` applies the same rule with the same
-reason code.
+workers. The scheduler's ``requeue_stalled`` applies the same rule
+(``db.models.gave_up``).
 """
 
 from __future__ import annotations
@@ -18,10 +18,9 @@ from dataclasses import dataclass
 from sqlalchemy import bindparam, or_, update
 from sqlalchemy.orm import Session
 
-from db.models import Image, ImageStatus, utcnow
+from db.models import Image, ImageStatus, gave_up, utcnow
 
 CLAIMABLE = (ImageStatus.QUEUED, ImageStatus.PROCESSING)
-TOO_MANY_ATTEMPTS = "too_many_attempts"
 
 
 @dataclass(frozen=True)
@@ -59,13 +58,7 @@ def claim_images(session: Session, image_ids: Iterable[int], *, max_attempts: in
     exhausted = session.scalars(
         update(Image)
         .where(claimable & (Image.attempts >= max_attempts))
-        .values(
-            status=ImageStatus.FAILED,
-            reason_code=TOO_MANY_ATTEMPTS,
-            reason=f"no worker finished it in {max_attempts} attempts",
-            finished_at=now,
-            status_changed_at=now,
-        )
+        .values(gave_up(max_attempts))
         .returning(Image.id)
         .execution_options(synchronize_session=False)
     ).all()
