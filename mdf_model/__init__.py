@@ -17,9 +17,10 @@ Inference API
     classifier.labels        # list[str], from the configuration
     classifier.model         # MDFModel (an nn.Module)
     item = classifier.prepare(image, clinical_text=None, *, seg_target=None)  # PreparedInput
-    classifier.classify_prepared([item, ...], *, generate_text=True, max_new_tokens=16)
+    classifier.classify_prepared([item, ...], *, generate_text=True, segment=True,
+                                 max_new_tokens=16)
     classifier.classify(images, clinical_texts=None, *, batch_size=16, generate_text=True,
-                        max_new_tokens=16)
+                        segment=True, max_new_tokens=16)
     classifier.save(directory, *, include_base=None) -> str  # new version hash
 
 Each `ClassificationResult` has ``label`` and ``probabilities`` from label scoring (one batched
@@ -27,9 +28,10 @@ teacher-forced forward pass scores the answer of every label for every image; th
 are the answers' sequence probabilities normalised over the labels), ``text`` from one batched
 greedy ``generate()``, ``text_label`` (the label the text names, or None), ``agrees`` and
 ``mask`` (uint8 (N, N) at the U-Net input size, 0..255 = probability of the first segmentation
-channel, vessels; (0, 0) for baseline models). ``prepare`` takes (H, W, 3) uint8 RGB of any
-size and raises ValueError for unusable input. `format_clinical` turns age, sex, history and
-family history into the clinical text.
+channel, vessels; (0, 0) for baseline models and with ``segment=False``, which skips FiLM, the
+U-Net decoder and its bottleneck stage when only labels are wanted). ``prepare`` takes
+(H, W, 3) uint8 RGB of any size and raises ValueError for unusable input. `format_clinical`
+turns age, sex, history and family history into the clinical text.
 
 Training API
 ------------

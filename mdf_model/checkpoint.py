@@ -214,6 +214,20 @@ def load_module_strict(module: nn.Module, path: Path) -> None:
     module.load_state_dict(state, strict=True)
 
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _apply_umask(root: Path) -> None:
+    """Give every file the mode an ordinary write would: some writers (safetensors among them)
+    create files 0600, which a worker running as another user could not read."""
+    mask = _current_umask()
+    for path in [root, *root.rglob("*")]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+
+
 @contextlib.contextmanager
 def staging_directory(target: Path) -> Iterator[Path]:
     """Write a checkpoint into a sibling temporary directory and move it into place at the end,
@@ -225,6 +239,7 @@ def staging_directory(target: Path) -> Iterator[Path]:
     staging.mkdir()
     try:
         yield staging
+        _apply_umask(staging)
         if target.exists():
             target.rmdir()
         os.replace(staging, target)

@@ -139,14 +139,16 @@ class Classifier:
         batch: Sequence[PreparedInput],
         *,
         generate_text: bool = True,
+        segment: bool = True,
         max_new_tokens: int = 16,
     ) -> list[ClassificationResult]:
-        """Label scores from one batched forward pass; text from one batched ``generate()``."""
+        """Label scores from one batched forward pass; text from one batched ``generate()``;
+        ``segment=False`` skips the mask (empty, shape (0, 0)) and the work that makes it."""
         if not batch:
             return []
         labels = self.labels
         with torch.inference_mode(), _evaluating(self.model):
-            scores, seg_logits = self.model.score(self.scoring_inputs(batch))
+            scores, seg_logits = self.model.score(self.scoring_inputs(batch), segment=segment)
             probabilities = torch.softmax(scores.view(len(batch), len(labels)), dim=-1).cpu()
             texts = [""] * len(batch)
             if generate_text:
@@ -185,6 +187,7 @@ class Classifier:
         *,
         batch_size: int = 16,
         generate_text: bool = True,
+        segment: bool = True,
         max_new_tokens: int = 16,
     ) -> list[ClassificationResult]:
         """Prepare and classify, ``batch_size`` studies per forward pass."""
@@ -198,6 +201,7 @@ class Classifier:
             results += self.classify_prepared(
                 prepared[start : start + batch_size],
                 generate_text=generate_text,
+                segment=segment,
                 max_new_tokens=max_new_tokens,
             )
         return results

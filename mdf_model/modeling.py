@@ -446,24 +446,28 @@ class MDFModel(nn.Module):
         return states.reshape(states.shape[0], -1, states.shape[-1])
 
     def _unet_tokens(
-        self, inputs: ModelInputs
+        self, inputs: ModelInputs, *, for_decoder: bool
     ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
         if inputs.unet_pixels is None:
             raise ValueError("this model needs unet_pixels (prepared without a U-Net image?)")
-        features = self.unet.encode(inputs.unet_pixels.to(next(self.unet.parameters()).dtype))
+        pixels = inputs.unet_pixels.to(next(self.unet.parameters()).dtype)
+        features = self.unet.encode(pixels, for_decoder=for_decoder)
         skips = self.unet.skips(features)
         return features, skips, self.projection(skips)
 
     def _fused(self, tokens: torch.Tensor | None) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext() if tokens is None else self.fusion.using(tokens)
 
-    def _run(self, inputs: ModelInputs) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Hidden states (rows, L, hidden) and segmentation logits (images, C, N, N) or None."""
+    def _run(
+        self, inputs: ModelInputs, *, segment: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Hidden states (rows, L, hidden) and segmentation logits (images, C, N, N), or None
+        for a baseline model or when ``segment`` is False (no FiLM, no decoder)."""
         per_image = inputs.rows_per_image
         image_states = self._image_states(inputs).repeat_interleave(per_image, dim=0)
         features = skips = tokens = None
         if self.unet is not None:
-            features, skips, tokens = self._unet_tokens(inputs)
+            features, skips, tokens = self._unet_tokens(inputs, for_decoder=segment)
         with self._fused(tokens):
             hidden = self.base.model(
                 input_ids=inputs.input_ids,
@@ -473,7 +477,7 @@ class MDFModel(nn.Module):
                 cross_attention_mask=inputs.cross_attention_mask,
                 use_cache=False,
             ).last_hidden_state
-        if self.unet is None:
+        if self.unet is None or not segment:
             return hidden, None
         # The prompt part of an image's rows is the same in each row (causal attention).
         prompt = inputs.prompt_mask[::per_image, :, None].to(hidden.dtype)
@@ -512,13 +516,16 @@ class MDFModel(nn.Module):
         ).mean(dim=(2, 3))
         return per_map[inputs.seg_valid].mean()
 
-    def score(self, inputs: ModelInputs) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def score(
+        self, inputs: ModelInputs, *, segment: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Log-probability of each row's answer tokens (rows,), from one forward pass, and the
-        segmentation logits. Only answer positions go through lm_head, so scoring many labels
-        does not materialise a (rows, L, vocab) tensor."""
+        segmentation logits (None with ``segment=False``, which skips FiLM, the U-Net decoder
+        and its bottleneck stage; the scores are the same). Only answer positions go through
+        lm_head, so scoring many labels does not materialise a (rows, L, vocab) tensor."""
         if inputs.lm_labels is None:
             raise ValueError("score() needs rows with answers (lm_labels)")
-        hidden, seg_logits = self._run(inputs)
+        hidden, seg_logits = self._run(inputs, segment=segment)
         targets = inputs.lm_labels[:, 1:]
         selected = targets != IGNORE_INDEX
         log_probs = torch.log_softmax(self.base.lm_head(hidden[:, :-1][selected]).float(), -1)
@@ -531,7 +538,9 @@ class MDFModel(nn.Module):
     def generate(self, inputs: ModelInputs, *, max_new_tokens: int = 16, **kwargs: Any) -> Any:
         """Greedy ``generate()`` of the base model with fusion on; returns what it returns
         (prompt + new tokens, or a dict with ``return_dict_in_generate=True``)."""
-        tokens = self._unet_tokens(inputs)[2] if self.unet is not None else None
+        tokens = None
+        if self.unet is not None:
+            tokens = self._unet_tokens(inputs, for_decoder=False)[2]
         settings = GenerationConfig(
             max_new_tokens=max_new_tokens,
             do_sample=False,

@@ -71,14 +71,31 @@ class FundusUNet(nn.Module):
         # Channels-last convolutions are about 30% faster on the CPU and use tensor cores on
         # GPUs; the state_dict is unaffected (tensors are saved contiguous).
         self.net.to(memory_format=torch.channels_last)
+        encoder = self.net.encoder
+        # The encoder's stages, feature i = stages[i](feature i-1), so that a pass that only
+        # needs the skips (label scoring, generation) can stop after the deepest skip level and
+        # skip the bottleneck stage, about a sixth of the encoder. A plain list: the modules are
+        # already registered under ``net`` and must not appear twice in the state_dict.
+        self._stages: list[nn.Module] = [
+            nn.Sequential(encoder.conv1, encoder.bn1, encoder.relu),
+            nn.Sequential(encoder.maxpool, encoder.layer1),
+            encoder.layer2,
+            encoder.layer3,
+            encoder.layer4,
+        ]
 
     @property
     def skip_channels(self) -> list[int]:
         return [self.net.encoder.out_channels[level] for level in self.skip_levels]
 
-    def encode(self, pixels: torch.Tensor) -> list[torch.Tensor]:
-        """All encoder features, shallowest first."""
-        return self.net.encoder(pixels.contiguous(memory_format=torch.channels_last))
+    def encode(self, pixels: torch.Tensor, *, for_decoder: bool = True) -> list[torch.Tensor]:
+        """Encoder features, shallowest first (feature 0 is the input): all of them for the
+        decoder, or only up to the deepest skip level when no mask will be decoded."""
+        depth = len(self._stages) if for_decoder else max(self.skip_levels)
+        features = [pixels.contiguous(memory_format=torch.channels_last)]
+        for stage in self._stages[:depth]:
+            features.append(stage(features[-1]))
+        return features
 
     def skips(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         return [features[level] for level in self.skip_levels]

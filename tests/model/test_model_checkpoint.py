@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -47,6 +49,17 @@ def test_save_then_load_is_bit_identical(
 def test_the_same_seed_builds_the_same_checkpoint(classifier: Classifier, tmp_path: Path) -> None:
     build_tiny_checkpoint(tmp_path / "again", seed=0)
     assert load_classifier(tmp_path / "again").version_hash == classifier.version_hash
+
+
+def test_checkpoint_files_get_the_umask_mode(classifier: Classifier, tmp_path: Path) -> None:
+    old = os.umask(0o027)
+    try:
+        classifier.save(tmp_path / "saved")
+    finally:
+        os.umask(old)
+    files = [p for p in (tmp_path / "saved").rglob("*") if p.is_file()]
+    assert any(p.suffix == ".safetensors" for p in files)
+    assert {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o640}
 
 
 def test_saving_refuses_a_non_empty_directory(classifier: Classifier, tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from mdf_model import ClassificationResult, Classifier, PreparedInput
+from mdf_model.unet import FundusUNet
 
 MULTICLASS = (
     "normal",
@@ -83,7 +84,7 @@ def test_label_scoring_is_one_forward_pass_per_batch(
     model = classifier.model
     parts = {
         "vision tower": model.base.model.vision_model,
-        "u-net encoder": model.unet.net.encoder,
+        "u-net encoder": model.unet.net.encoder.conv1,
         "text decoder": model.base.model.language_model,
     }
     calls: Counter[str] = Counter()
@@ -102,6 +103,50 @@ def test_label_scoring_is_one_forward_pass_per_batch(
     # Scoring once, then one batched generate(): a prefill and four cached decoding steps
     # for five tokens (the image is encoded again in the prefill only).
     assert calls == {"vision tower": 1 + 1, "u-net encoder": 1 + 1, "text decoder": 1 + 1 + 4}
+
+
+def test_scoring_without_masks_skips_their_work_and_keeps_the_scores(
+    classifier: Classifier, prepared: list[PreparedInput]
+) -> None:
+    unet = classifier.model.unet.net
+    calls: Counter[str] = Counter()
+    handles = [
+        module.register_forward_pre_hook(lambda *_, name=name: calls.update([name]))
+        for name, module in {
+            "bottleneck": unet.encoder.layer4,
+            "decoder": unet.decoder,
+            "film": classifier.model.film,
+        }.items()
+    ]
+    try:
+        full = classifier.classify_prepared(prepared, generate_text=False)
+        assert calls == {"bottleneck": 1, "decoder": 1, "film": 1}
+        calls.clear()
+        labels_only = classifier.classify_prepared(prepared, generate_text=False, segment=False)
+        assert not calls
+    finally:
+        for handle in handles:
+            handle.remove()
+    for a, b in zip(full, labels_only, strict=True):
+        assert a.label == b.label
+        assert a.probabilities == pytest.approx(b.probabilities, abs=1e-6)
+        assert a.mask.shape[0] > 0 and b.mask.shape == (0, 0)
+
+
+def test_the_staged_encoder_is_smps_encoder() -> None:
+    unet = FundusUNet(classes=2, decoder_channels=(32, 16, 16, 8, 8), skip_levels=(1, 2, 3, 4))
+    pixels = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = unet.net.eval().encoder(pixels)
+        staged = unet.encode(pixels)
+        short = unet.encode(pixels, for_decoder=False)
+    assert len(staged) == len(expected) == 6 and len(short) == 5
+    for ours, smp_feature in zip(staged, expected, strict=True):
+        assert torch.equal(ours, smp_feature)
+    for ours, smp_feature in zip(short, expected, strict=False):
+        assert torch.equal(ours, smp_feature)
+    # The stages add no parameters of their own.
+    assert set(unet.state_dict()) == {f"net.{key}" for key in unet.net.state_dict()}
 
 
 def test_batching_does_not_change_results(
