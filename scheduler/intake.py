@@ -194,7 +194,9 @@ class Registrar:
         }
         probed = item.probed
         if probed is None:
-            log.info("file_rejected", path=str(item.path), code=item.code, reason=item.reason)
+            # Not the path: folder and file names often carry a patient's name or ID. The
+            # content hash finds the row, whose source_path stays inside the database.
+            log.info("file_rejected", sha256=item.sha256[:16], code=item.code, reason=item.reason)
             return row | {
                 "status": ImageStatus.REJECTED,
                 "reason_code": item.code,

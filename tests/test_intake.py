@@ -166,6 +166,19 @@ def test_a_changed_file_is_read_again(settings: Settings, broker: redis.Redis, i
     assert (report.files, report.images, queued) == (1, 1, 1)
 
 
+def test_logs_name_no_path_which_may_carry_a_patient_id(
+    settings: Settings, broker: redis.Redis, inbox: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    folder = inbox / "Doe_Jane_PID7731"
+    folder.mkdir()
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "notes.txt").write_text("not an image")
+    Scheduler(settings).ingest(inbox, "night-1")
+    captured = capfd.readouterr()
+    assert "file_rejected" in captured.out + captured.err
+    assert "PID7731" not in captured.out + captured.err
+
+
 def test_patient_identity_is_pseudonymised_everywhere(
     settings: Settings, broker: redis.Redis, inbox: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
