@@ -17,26 +17,11 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# The demo, on the embedded defaults (SQLite and Redis in var/demo/data): a tiny
-# model fine-tuned on a labelled synthetic history and promoted, then a new
-# synthetic night delivered, queued and classified by a worker.
-DEMO := var/demo
-demo: export MDF_DATA_DIR := $(DEMO)/data
-demo: export MDF_MODEL_DIR := $(DEMO)/model
+# The demo, on the embedded defaults (SQLite and Redis in var/demo/data): a tiny model
+# trained on a labelled synthetic history (or reused from var/cache/demo-model), then a
+# synthetic night with a few bad files through `mdf run-batch`. See scripts/demo.py.
 demo: $(STAMP)
-	rm -rf $(DEMO)
-	$(BIN)/mdf db upgrade
-	$(BIN)/mdf model init --preset tiny $(DEMO)/model
-	$(BIN)/mdf synth $(DEMO)/history --images 64 --size 256 --seed 1
-	$(BIN)/mdf ingest $(DEMO)/history --batch labelled-history
-	$(BIN)/mdf labels import $(DEMO)/history-masks/masks.csv
-	$(BIN)/mdf train --epochs 5
-	$(BIN)/mdf models
-	$(BIN)/mdf synth $(DEMO)/inbox --images 16 --size 256 --seed 2
-	$(BIN)/mdf ingest $(DEMO)/inbox --batch demo-night
-	$(BIN)/mdf worker --burst
-	$(BIN)/mdf status
-	$(BIN)/mdf results --batch demo-night --limit 10
+	$(BIN)/python scripts/demo.py
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,12 +1,16 @@
-"""``mdf ingest``, ``mdf scheduler``, ``mdf requeue`` and ``mdf status``."""
+"""The scheduler's commands: ``ingest``, ``run-batch``, ``scheduler``, ``requeue``, and for
+analysts ``status``, ``results`` and ``report``."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 from pathlib import Path
 
 from mdf.settings import get_settings
+from scheduler.results import FORMATS, parse_since
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -15,6 +19,33 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     ingest.add_argument("--batch", help="batch name (default: folder name and today's date)")
     ingest.add_argument("--json", action="store_true", help="print the report as JSON")
     ingest.set_defaults(handler=_ingest)
+
+    run_batch = subparsers.add_parser(
+        "run-batch", help="the nightly job: ingest a folder, see it classified, summarise"
+    )
+    run_batch.add_argument("path", type=Path)
+    run_batch.add_argument("--batch", help="batch name (default: folder name and today's date)")
+    run_batch.add_argument(
+        "--model",
+        type=Path,
+        metavar="DIR",
+        help="overrides MDF_MODEL_DIR for the workers this starts (a promoted version wins)",
+    )
+    run_batch.add_argument(
+        "--timeout",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="give up after this long, intake included (default: 3600)",
+    )
+    run_batch.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="local workers to start when none serves the inference queue (default: 1)",
+    )
+    run_batch.set_defaults(handler=_run_batch)
 
     scheduler = subparsers.add_parser(
         "scheduler", help="run Celery beat and the intake queue: scans MDF_INBOXES on schedule"
@@ -28,9 +59,29 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     requeue.set_defaults(handler=_requeue)
 
     results = subparsers.add_parser("results", help="per-image results (the study_results view)")
-    results.add_argument("--batch")
-    results.add_argument("--limit", type=int, default=50)
+    results.add_argument("--batch", metavar="NAME")
+    results.add_argument(
+        "--since",
+        type=parse_since,
+        metavar="DATE",
+        help="images registered (delivered) at or after this ISO date or time; UTC by default",
+    )
+    results.add_argument("--label", help="only images whose latest prediction has this label")
+    results.add_argument("--limit", type=int, metavar="N", help="at most N rows")
+    results.add_argument(
+        "--format", choices=FORMATS, default="table", help="table (default) shows fewer columns"
+    )
+    results.add_argument(
+        "--out", type=Path, metavar="FILE", help="instead of stdout (parquet needs one)"
+    )
     results.set_defaults(handler=_results)
+
+    report = subparsers.add_parser("report", help="a self-contained HTML report of one batch")
+    report.add_argument("batch", metavar="BATCH")
+    report.add_argument(
+        "--out", type=Path, metavar="FILE", help="default: MDF_DATA_DIR/reports/BATCH.html"
+    )
+    report.set_defaults(handler=_report)
 
     status = subparsers.add_parser("status", help="image counts per batch and status")
     status.add_argument("--batch")
@@ -53,6 +104,30 @@ def _ingest(args: argparse.Namespace) -> int:
         for code, count in sorted(report.rejected_by_code.items()):
             print(f"  rejected {code}: {count}")
     return 0
+
+
+def _run_batch(args: argparse.Namespace) -> int:
+    from scheduler.run_batch import BatchRun
+
+    if not args.path.is_dir():
+        print(f"mdf run-batch: {args.path} is not a folder", file=sys.stderr)
+        return 2
+    if args.model is not None:
+        os.environ["MDF_MODEL_DIR"] = str(args.model)
+        get_settings.cache_clear()
+    terminal = sys.stderr if sys.stderr.isatty() else None
+    try:
+        run = BatchRun(
+            get_settings(), workers=args.workers, timeout_s=args.timeout, terminal=terminal
+        )
+    except ValueError as error:
+        print(f"mdf run-batch: {error}", file=sys.stderr)
+        return 2
+    outcome = run.run(args.path, args.batch)
+    print(outcome.summary.render())
+    if outcome.failure is not None:
+        print(f"mdf run-batch: {outcome.failure}", file=sys.stderr)
+    return outcome.exit_code
 
 
 def _scheduler(args: argparse.Namespace) -> int:
@@ -99,23 +174,27 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _results(args: argparse.Namespace) -> int:
-    from sqlalchemy import text
-
     from db.session import session_factory
+    from scheduler.results import Filters, export, fetch
 
-    query = (
-        "SELECT image_id, batch, laterality, status, reason, label, probability, "
-        "generated_text, model_version FROM study_results"
-    )
-    query += " WHERE batch = :batch" if args.batch else ""
-    query += " ORDER BY image_id LIMIT :limit"
+    filters = Filters(batch=args.batch, since=args.since, label=args.label, limit=args.limit)
     with session_factory(get_settings().resolved_database_url)() as session:
-        rows = session.execute(text(query), {"batch": args.batch, "limit": args.limit}).all()
-    print(f"{'image':>6}  {'eye':<3}  {'status':<9}  {'label':<10}  {'prob':>5}  text / reason")
-    for image_id, _, eye, status, reason, label, probability, generated, _ in rows:
-        shown = f"{probability:.2f}" if probability is not None else "-"
-        detail = reason if reason else (generated or "")
-        print(
-            f"{image_id:>6}  {eye or '-':<3}  {status:<9}  {label or '-':<10}  {shown:>5}  {detail}"
-        )
+        rows = fetch(session, filters)
+    try:
+        export(rows, args.format, args.out, sys.stdout)
+    except ValueError as error:
+        print(f"mdf results: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from scheduler.report import UnknownBatch, write_report
+
+    try:
+        path = write_report(get_settings(), args.batch, args.out)
+    except UnknownBatch as error:
+        print(f"mdf report: {error}", file=sys.stderr)
+        return 2
+    print(path)
     return 0

@@ -26,6 +26,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument(
         "--with-text", type=float, default=1.0, help="fraction of patients with clinical text"
     )
+    synth.add_argument(
+        "--bad-files", action="store_true", help="add files intake must reject, under misc/"
+    )
     synth.set_defaults(handler=_synth)
 
     labels = subparsers.add_parser("labels", help="ground-truth labels").add_subparsers(
@@ -79,6 +82,11 @@ def _synth(args: argparse.Namespace) -> int:
         with_text=args.with_text,
     )
     print(f"{args.images} images in {out}, masks and labels in {out}-masks/masks.csv")
+    if args.bad_files:
+        from training.bad_files import write_bad_files
+
+        bad = write_bad_files(out, size=args.size, seed=args.seed)
+        print(f"{len(bad)} files intake must reject in {out / 'misc'}")
     return 0
 
 

@@ -1,0 +1,214 @@
+"""The demo ``make demo`` runs: a synthetic night through ``mdf run-batch``, as real processes.
+
+1. A tiny MDF-MLLM model trained briefly on a labelled synthetic history, or the one an
+   earlier run trained, kept in a cache keyed by the model and training sources and the
+   training parameters (any change there trains again).
+2. A fresh database and embedded Redis in ``ROOT/data``; the trained checkpoint is
+   registered and promoted there, so the workers serve it.
+3. A synthetic night in ``ROOT/inbox`` (JPEG and DICOM, clinical text for some patients,
+   and files a site sends by mistake) ingested, classified and summarised by
+   ``mdf run-batch``; the exit status is its exit status.
+
+Every step runs in ``ROOT`` with only the ``MDF_`` variables set here, so neither the
+caller's environment nor a ``.env`` file can point the demo at a real database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import select
+
+from db.models import ModelVersion
+from db.session import session_factory
+from db.versions import promote, register_version
+from mdf.broker import stop_embedded_redis
+
+REPO = Path(__file__).resolve().parents[1]
+#: The packages a trained checkpoint depends on, besides pyproject.toml and the parameters.
+MODEL_PACKAGES = ("mdf_model", "training")
+NIGHT_BATCH = "demo-night"
+
+
+def mdf(root: Path, data_dir: Path, *args: str, **settings: str) -> None:
+    """Run one ``mdf`` command in ``root`` against ``data_dir``; stop the demo if it fails."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("MDF_")}
+    env.update(
+        MDF_DATA_DIR=str(data_dir),
+        MDF_PSEUDONYM_KEY="demo-key-not-secret",
+        MDF_LOG_LEVEL="WARNING",
+        **settings,
+    )
+    print(f"\n$ mdf {' '.join(shown(Path(a)) if os.sep in a else a for a in args)}")
+    with subprocess.Popen([sys.executable, "-m", "mdf.cli", *args], cwd=root, env=env) as command:
+        try:
+            code = command.wait()
+        except KeyboardInterrupt:  # the command got the Ctrl-C too: let it stop its workers
+            code = command.wait()
+    if code:
+        raise SystemExit(code)
+
+
+def shown(path: Path) -> str:
+    """``path`` relative to the working directory when below it: shorter to read and paste."""
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
+
+def cache_key(training: dict[str, int]) -> str:
+    """Changes with the training parameters, the pinned dependencies and the model and
+    training code this interpreter imports (found, not imported: that would load torch)."""
+    digest = hashlib.sha256(json.dumps(training, sort_keys=True).encode())
+    digest.update((REPO / "pyproject.toml").read_bytes())
+    for package in MODEL_PACKAGES:
+        spec = importlib.util.find_spec(package)
+        if spec is None or spec.origin is None:
+            raise SystemExit(f"{package} is not installed; `make demo` installs it")
+        top = Path(spec.origin).parent
+        for path in sorted(top.rglob("*.py")):
+            digest.update(f"{package}/{path.relative_to(top).as_posix()}".encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def train(root: Path, entry: Path, training: dict[str, int]) -> None:
+    """Train and promote a tiny model in a scratch workspace; keep its checkpoint in ``entry``."""
+    workspace = root / "training-workspace"
+    shutil.rmtree(workspace, ignore_errors=True)
+    try:
+        mdf(root, workspace, "db", "upgrade")
+        mdf(root, workspace, "model", "init", "--preset", "tiny", str(workspace / "base-model"))
+        history = workspace / "history"
+        images, size, epochs = (str(training[k]) for k in ("images", "size", "epochs"))
+        mdf(root, workspace, "synth", str(history), "--images", images, "--size", size)
+        mdf(root, workspace, "ingest", str(history), "--batch", "labelled-history")
+        mdf(root, workspace, "labels", "import", str(workspace / "history-masks" / "masks.csv"))
+        mdf(
+            root,
+            workspace,
+            "train",
+            "--epochs",
+            epochs,
+            MDF_MODEL_DIR=str(workspace / "base-model"),
+        )
+        sessions = session_factory(f"sqlite:///{workspace / 'mdf.sqlite3'}")
+        with sessions() as session:
+            version = session.scalar(select(ModelVersion).where(ModelVersion.is_promoted))
+            if version is None:
+                raise SystemExit("training promoted no model; see the report above")
+            record = {
+                "name": version.name,
+                "manifest_sha256": version.manifest_sha256,
+                "labels": version.labels,
+                "preset": version.preset,
+                "metrics": version.metrics,
+                "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "training": training,
+            }
+            checkpoint = Path(version.path)
+        partial = entry.with_name(f"{entry.name}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.copytree(checkpoint, partial / "checkpoint")
+        (partial / "version.json").write_text(json.dumps(record, indent=2))
+        for stale in entry.parent.iterdir():  # one entry is enough: drop older ones
+            if stale != partial:
+                shutil.rmtree(stale)
+        partial.rename(entry)
+    finally:
+        stop_embedded_redis(workspace)  # its queue holds the history, which no one serves
+        shutil.rmtree(workspace, ignore_errors=True)
+
+
+def promote_cached(data_dir: Path, entry: Path) -> str:
+    """Register the cached checkpoint in the demo's database and promote it."""
+    record = json.loads((entry / "version.json").read_text())
+    with session_factory(f"sqlite:///{data_dir / 'mdf.sqlite3'}").begin() as session:
+        version = register_version(
+            session,
+            path=entry / "checkpoint",
+            manifest_sha256=record["manifest_sha256"],
+            labels=record["labels"],
+            name=record["name"],
+            preset=record["preset"],
+            metrics=record["metrics"],
+        )
+        promote(
+            session,
+            version,
+            reason=f"demo: trained {record['trained_at']} on synthetic history",
+            metrics=record["metrics"],
+        )
+    accuracy = record["metrics"]["accuracy"]
+    return f"{record['name']} (held-out accuracy {accuracy:.2f}, trained {record['trained_at']})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, default=Path("var/demo"), help="emptied first")
+    parser.add_argument("--cache", type=Path, default=Path("var/cache/demo-model"))
+    parser.add_argument("--history-images", type=int, default=48)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--night-images", type=int, default=24)
+    parser.add_argument("--size", type=int, default=256)
+    args = parser.parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # our lines and the commands' stay in order
+
+    root, data_dir = args.root.resolve(), args.root.resolve() / "data"
+    stop_embedded_redis(data_dir)  # an earlier demo's, before its folder goes
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    training = {"images": args.history_images, "epochs": args.epochs, "size": args.size}
+    entry = args.cache.resolve() / cache_key(training)
+    if (entry / "version.json").is_file():
+        how = f"reused the model cached in {shown(entry)} (delete it to train again)"
+    else:
+        print(
+            f"Training a tiny model on {args.history_images} synthetic labelled images "
+            "(minutes on a CPU; cached for the next run)"
+        )
+        began = time.monotonic()
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        train(root, entry, training)
+        how = f"trained in {time.monotonic() - began:.0f} s, cached in {shown(entry)}"
+
+    mdf(root, data_dir, "db", "upgrade")
+    served = promote_cached(data_dir, entry)
+    print(f"\nModel: {how}\nPromoted: {served}")
+    inbox = root / "inbox"
+    night = ["synth", str(inbox), "--images", str(args.night_images), "--size", str(args.size)]
+    mdf(root, data_dir, *night, "--seed", "2", "--with-text", "0.5", "--bad-files")
+    try:
+        mdf(root, data_dir, "run-batch", str(inbox), "--batch", NIGHT_BATCH)
+    finally:
+        stop_embedded_redis(data_dir)  # the results are in the database; no one needs the queue
+    data, command = shown(data_dir), shown(Path(sys.executable).parent / "mdf")
+    print(
+        f"""
+Look at the night (the embedded SQLite database and Redis live in {data}):
+  MDF_DATA_DIR={data} {command} status
+  MDF_DATA_DIR={data} {command} results --batch {NIGHT_BATCH}
+  MDF_DATA_DIR={data} {command} report {NIGHT_BATCH} --out {shown(root)}/report.html
+  sqlite3 {data}/mdf.sqlite3 "SELECT status, label, count(*) FROM study_results GROUP BY 1, 2"
+
+A real night: PostgreSQL, Redis and the real model (one local worker per GPU):
+  export MDF_DATABASE_URL=postgresql+psycopg://mdf:PASSWORD@db-host/mdf
+  export MDF_BROKER_URL=redis://redis-host:6379/0
+  export MDF_PSEUDONYM_KEY=...   # keep it: a patient keeps one pseudonym across nights
+  export MDF_DEVICE=auto         # each worker takes the first free GPU
+  mdf db upgrade
+  mdf run-batch /inbox/2026-11-28 --model /checkpoints/current --workers 4 --timeout 21600"""
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""The README's demo path, as ``make demo`` runs it, on a fresh folder and a cold model cache."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from db.models import Image, ImagePath, ImageStatus, ModelVersion, Prediction
+from db.session import session_factory
+from training.bad_files import BAD_FILES
+
+REPO = Path(__file__).resolve().parents[1]
+NIGHT_IMAGES = 6
+
+
+@pytest.mark.slow
+def test_the_demo_trains_then_classifies_its_night_and_rejects_exactly_the_bad_files(
+    tmp_path: Path,
+) -> None:
+    root, cache = tmp_path / "demo", tmp_path / "cache"
+    small = ["--history-images", "16", "--epochs", "1", "--night-images", str(NIGHT_IMAGES)]
+    result = subprocess.run(
+        [sys.executable, "scripts/demo.py", "--root", str(root), "--cache", str(cache), *small],
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Model: trained in" in result.stdout
+    assert f"{NIGHT_IMAGES} classified, {len(BAD_FILES)} rejected, 0 failed" in result.stdout
+    inbox = root / "inbox"
+    delivered = {p for p in inbox.rglob("*") if p.is_file() and p.name != "manifest.csv"}
+    sessions = session_factory(f"sqlite:///{root / 'data' / 'mdf.sqlite3'}")
+    with sessions() as session:
+        promoted = session.scalars(select(ModelVersion).where(ModelVersion.is_promoted)).one()
+        outcome = {}
+        for path, status, code, reason, prediction in session.execute(
+            select(ImagePath.path, Image.status, Image.reason_code, Image.reason, Prediction)
+            .join(Image, ImagePath.image_id == Image.id)
+            .outerjoin(Prediction, Prediction.image_id == Image.id)
+        ):
+            assert (status == ImageStatus.DONE) == (prediction is not None)
+            if prediction is not None:
+                assert prediction.model_version_id == promoted.id
+            assert (status == ImageStatus.REJECTED) == bool(code and reason)
+            outcome[Path(path)] = status, code
+
+    assert Path(promoted.path).is_relative_to(cache)  # the trained checkpoint, kept for next time
+    assert set(outcome) == delivered
+    rejected = {path: code for path, (status, code) in outcome.items() if status == "rejected"}
+    assert rejected == {inbox / name: code for name, code in BAD_FILES.items()}
+    assert all(
+        status == ImageStatus.DONE for path, (status, _) in outcome.items() if path not in rejected
+    )
