@@ -1,9 +1,11 @@
 """Shared fixtures: a migrated database on SQLite and PostgreSQL, a real Redis, settings.
 
 PostgreSQL and Redis are real servers. ``MDF_TEST_POSTGRES_URL`` names an admin
-URL of a PostgreSQL server (CI sets it; without it the PostgreSQL variants are
-skipped). ``MDF_TEST_REDIS_URL`` names a Redis server; without it each test run
-starts the embedded Redis in a temporary folder.
+URL of a PostgreSQL server (CI sets it). Without it the tests use a server that
+answers as ``postgres`` on 127.0.0.1:5432, and skip the PostgreSQL variants when none
+does (set the variable empty to skip them anyway). ``MDF_TEST_REDIS_URL`` names a
+Redis server; without it each test run starts the embedded Redis in a temporary
+folder.
 """
 
 from __future__ import annotations
@@ -21,7 +23,24 @@ from db.cli import upgrade
 from mdf.broker import ensure_embedded_redis, stop_embedded_redis
 from mdf.settings import Settings, get_settings
 
-POSTGRES_ADMIN_URL = os.environ.get("MDF_TEST_POSTGRES_URL")
+LOCAL_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+
+def _postgres_admin_url() -> str | None:
+    """The variable when it is set, else the local server when it answers."""
+    if "MDF_TEST_POSTGRES_URL" in os.environ:
+        return os.environ["MDF_TEST_POSTGRES_URL"] or None
+    engine = sa.create_engine(LOCAL_POSTGRES_URL, connect_args={"connect_timeout": 2})
+    try:
+        with engine.connect():
+            return LOCAL_POSTGRES_URL
+    except sa.exc.OperationalError:
+        return None
+    finally:
+        engine.dispose()
+
+
+POSTGRES_ADMIN_URL = _postgres_admin_url()
 TEMPLATE_DB = "mdf_test_template"
 
 
@@ -34,7 +53,7 @@ def _postgres_admin() -> sa.Engine:
 def postgres_template() -> Iterator[str]:
     """A migrated template database; each test gets a fresh copy of it."""
     if not POSTGRES_ADMIN_URL:
-        pytest.skip("MDF_TEST_POSTGRES_URL is not set")
+        pytest.skip("no PostgreSQL: MDF_TEST_POSTGRES_URL is empty or none answers locally")
     admin = _postgres_admin()
     with admin.connect() as connection:
         connection.execute(sa.text(f"DROP DATABASE IF EXISTS {TEMPLATE_DB} WITH (FORCE)"))
