@@ -64,9 +64,9 @@ Architecture choices (the paper leaves these open)
   to the residual stream and masked by Mllama's full_text_row_masked_out_mask. Layers
   3, 18, 28, 38 (11B) and 1, 3, 5, 7 (tiny); only the base model's cross-attention layers are
   accepted. Fusion blocks start from the base layer's own cross-attention weights.
-- alpha: learnable per layer, initialised to 0 by default: the untrained model is exactly the
-  base model, and fusion grows in as training finds it useful (strong fusion early can disrupt
-  the pretrained model). ``alpha_learnable=False`` makes it a fixed constant.
+- alpha: learnable per layer, initialised to 0.5 by default. alpha = 0 makes the untrained
+  model exactly the base model, but it also zeroes every gradient upstream of the scale, so
+  fusion never starts learning; ``alpha_learnable=False`` makes it a fixed constant.
 - generate() and the KV cache: the fusion runs in forward hooks on the base layers, with the
   U-Net tokens as module state for the duration of one call; their keys and values are computed
   once per call and reused at every decoding step, beside Mllama's own cached image K/V.

@@ -375,7 +375,7 @@ class MDFModel(nn.Module):
     def set_frozen(self, components: Iterable[str]) -> None:
         """Freeze exactly these components and make everything else trainable.
 
-        A frozen U-Net also stays in eval mode, so its batch-norm statistics do not move either.
+        A frozen U-Net or fusion also stays in eval mode: its batch-norm statistics do not move.
         See ABLATIONS for the paper's settings.
         """
         components = frozenset(components)
@@ -394,6 +394,8 @@ class MDFModel(nn.Module):
         super().train(mode)
         if self.unet is not None and "unet" in self._frozen:
             self.unet.eval()
+        if self.projection is not None and "fusion" in self._frozen:
+            self.projection.eval()  # its standardisation statistics stay as they are too
         return self
 
     def parameter_groups(self, learning_rates: Mapping[str, float]) -> list[dict[str, Any]]:

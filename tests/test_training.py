@@ -1,4 +1,5 @@
-"""Training on the tiny preset: early stopping, freezing, a whole run recorded and promoted."""
+"""Training on the tiny preset: early stopping, best weights kept, freezing, a whole run
+recorded and promoted."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from training.config import EarlyStopping, TrainConfig
 from training.memory import estimate
 from training.run import load_for_training, train_and_evaluate
 from training.synthetic import write_dataset
-from training.trainer import ComponentWatch
+from training.trainer import BestWeights, ComponentWatch, Trainer
 
 
 def test_a_component_stops_after_patience_epochs_without_improvement() -> None:
@@ -27,6 +28,116 @@ def test_a_component_stops_after_patience_epochs_without_improvement() -> None:
     stopped = [watch.update(epoch, loss, rule) for epoch, loss in enumerate(losses, start=1)]
     assert stopped == [False, False, False, True, False]  # epoch 4: 2 epochs past best (2)
     assert (watch.best_epoch, watch.stopped_at) == (2, 4)
+
+
+def test_no_component_stops_before_min_epochs() -> None:
+    # The answer loss sits at chance for some epochs before the image starts to count.
+    watch = ComponentWatch("lm_loss")
+    rule = EarlyStopping(patience=1, min_delta=0.01, min_epochs=4)
+    stopped = [watch.update(epoch, 0.35, rule) for epoch in range(1, 6)]
+    assert stopped == [False, False, False, True, False]
+
+
+def test_best_weights_copy_only_the_named_tensors_and_put_them_back() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    best = BestWeights(model, {"head": ["0.weight", "1.running_mean"]})
+    assert not best.restore("head")  # nothing remembered yet
+    best.remember("head")
+    kept = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            tensor.add_(1)
+    assert best.restore("head")
+    after = model.state_dict()
+    assert torch.equal(after["0.weight"], kept["0.weight"])
+    assert torch.equal(after["1.running_mean"], kept["1.running_mean"])
+    assert torch.equal(after["0.bias"], kept["0.bias"] + 1)  # not named: left as it is
+
+
+#: Scripted validation: the answer loss is best at epoch 2, the segmentation loss at epoch 1.
+WORSE_AFTER_BEST = [
+    {"lm_loss": 1.0, "seg_loss": 1.0},
+    {"lm_loss": 0.5, "seg_loss": 2.0},
+    {"lm_loss": 0.9, "seg_loss": 3.0},
+    {"lm_loss": 0.95, "seg_loss": 3.5},
+]
+ANSWER_PARTS = ("base.", "projection.", "fusion.", "film.")
+
+
+def _training_set(classifier, n: int = 4) -> tuple[list, list[str]]:
+    from training.synthetic import generate_case
+
+    cases = [generate_case(seed, size=96) for seed in range(n)]
+    inputs = [
+        classifier.prepare(case.image, case.clinical_text, seg_target=case.vessel_mask)
+        for case in cases
+    ]
+    return inputs, [case.label for case in cases]
+
+
+def _scripted(trainer: Trainer, losses: list[dict[str, float]]) -> list[dict[str, torch.Tensor]]:
+    """Replace validation by ``losses`` in turn; the list returned fills with the weights each
+    epoch was judged on."""
+    judged: list[dict[str, torch.Tensor]] = []
+
+    def validate(inputs, targets) -> dict[str, float]:
+        judged.append({k: v.detach().clone() for k, v in trainer.model.state_dict().items()})
+        return losses[len(judged) - 1]
+
+    trainer.validate = validate  # type: ignore[method-assign]
+    return judged
+
+
+def _same(model, state: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> bool:
+    return all(
+        torch.equal(tensor, state[name])
+        for name, tensor in model.state_dict().items()
+        if name.startswith(prefixes)
+    )
+
+
+@pytest.mark.parametrize("patience", [1, 10], ids=["components_stopped", "none_stopped"])
+def test_training_ends_with_the_weights_validated_at_the_best_answer_loss(
+    tiny_checkpoint: Path, patience: int
+) -> None:
+    config = TrainConfig(epochs=3, batch_size=4, early_stopping=EarlyStopping(patience=patience))
+    classifier = load_for_training(tiny_checkpoint, config)
+    inputs, targets = _training_set(classifier)
+    trainer = Trainer(classifier, config)
+    judged = _scripted(trainer, WORSE_AFTER_BEST)
+
+    history = trainer.fit(inputs, targets, inputs, targets)
+
+    model, trained = trainer.model, ("unet.", *ANSWER_PARTS)
+    assert history.restored_epoch == 2
+    assert _same(model, judged[1], trained)
+    assert not _same(model, judged[2], ANSWER_PARTS) and not _same(model, judged[0], ("unet.",))
+    if patience == 1:  # the U-Net stopped after epoch 2, so epoch 3 ran on its best: epoch 1
+        assert history.stopped["unet"] == 2
+        unet = [k for k in judged[0] if k.startswith("unet.")]
+        assert all(torch.equal(judged[2][k], judged[0][k]) for k in unet)
+
+
+def test_a_resumed_fit_still_ends_with_the_best_weights_from_before_the_break(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    state = tmp_path / "state.pt"
+    config = TrainConfig(epochs=2, batch_size=4, early_stopping=EarlyStopping(patience=10))
+    classifier = load_for_training(tiny_checkpoint, config)
+    inputs, targets = _training_set(classifier)
+    first = Trainer(classifier, config)
+    judged = _scripted(first, WORSE_AFTER_BEST[1:])  # the answer loss is best at epoch 1
+    first.fit(inputs, targets, inputs, targets, state=state)
+
+    longer = config.model_copy(update={"epochs": 3})
+    resumed = Trainer(load_for_training(tiny_checkpoint, longer), longer)
+    after_break = _scripted(resumed, WORSE_AFTER_BEST[3:])
+    history = resumed.fit(inputs, targets, inputs, targets, state=state)
+
+    assert history.epochs == 3 and len(after_break) == 1  # only epoch 3 ran again
+    assert history.restored_epoch == 1
+    assert _same(resumed.model, judged[0], ("unet.", *ANSWER_PARTS))
+    assert not _same(resumed.model, after_break[0], ANSWER_PARTS)
 
 
 def test_cross_attention_strategy_trains_only_the_base_cross_attention(

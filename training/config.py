@@ -15,11 +15,17 @@ STRATEGIES = ("full", "cross_attention", "frozen_mllm")
 
 class EarlyStopping(BaseModel):
     """Per-component early stopping: a component whose validation loss has not improved
-    by ``min_delta`` for ``patience`` epochs is frozen while the others train on."""
+    by ``min_delta`` for ``patience`` epochs is frozen while the others train on.
+
+    No component stops before ``min_epochs``: a model that learns the answer from scratch sits
+    for some epochs on the plateau of the label prior (the answer loss at chance) before the
+    image starts to count, and stopping there freezes it at chance.
+    """
 
     model_config = ConfigDict(extra="forbid")
     patience: int = Field(default=3, ge=1)
     min_delta: float = Field(default=1e-3, ge=0)
+    min_epochs: int = Field(default=0, ge=0)
 
 
 class PromotionRule(BaseModel):

@@ -66,12 +66,16 @@ class PreparedSet:
 
 
 def prepare(classifier, examples: Sequence[Example], *, with_text: bool = True) -> PreparedSet:
-    """Decode and prepare each example; an unreadable image is skipped and logged."""
+    """Decode and prepare each example; an unreadable image is skipped and logged. Masks are
+    left out for a model without segmentation (the baseline), which could not use them."""
+    segments = not classifier.model.config.baseline
     kept, inputs, skipped = [], [], 0
     for example in examples:
         try:
             pixels = load_frame(Path(example.path), example.frame)
-            mask = load_mask(example.mask_path, pixels.shape[:2]) if example.mask_path else None
+            mask = None
+            if example.mask_path and segments:
+                mask = load_mask(example.mask_path, pixels.shape[:2])
             text = example.clinical_text if with_text else None
             inputs.append(classifier.prepare(pixels, text, seg_target=mask))
         except (Rejection, ValueError, OSError) as error:

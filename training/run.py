@@ -94,6 +94,11 @@ def train_on(
         examples, eval_fraction=config.validation_fraction, seed=config.seed + 1
     )
     train, validation = prepare(classifier, split.train), prepare(classifier, split.evaluation)
+    if not train.inputs or not validation.inputs:
+        raise ValueError(
+            f"nothing to train on: {len(train.inputs)} training and {len(validation.inputs)} "
+            f"validation images could be prepared ({train.skipped + validation.skipped} skipped)"
+        )
     log.info("training_started", train=len(train.inputs), validation=len(validation.inputs))
     history = Trainer(classifier, config).fit(
         train.inputs,

@@ -36,6 +36,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from pydicom.uid import generate_uid
 
 from training.dicom_export import TRANSFER_SYNTAXES, write_dicom_op
+from training.splits import Example, Split, split_by_patient
 
 __all__ = [
     "DISEASES",
@@ -44,6 +45,8 @@ __all__ = [
     "MASKS_COLUMNS",
     "SyntheticCase",
     "generate_case",
+    "read_examples",
+    "synthetic_split",
     "write_dataset",
 ]
 
@@ -689,3 +692,48 @@ def _write_csv(path: Path, header: Sequence[str], rows: list[tuple[str, ...]]) -
         writer = csv.writer(f)
         writer.writerow(header)
         writer.writerows(rows)
+
+
+def read_examples(out_dir: str | Path, masks_dir: str | Path | None = None) -> list[Example]:
+    """The labelled examples of a folder written by `write_dataset`, without a database.
+
+    For training runs and benchmarks that skip intake: ids are row numbers of manifest.csv,
+    masks come from masks.csv when there is one.
+    """
+    out = Path(out_dir)
+    mask_root = Path(masks_dir) if masks_dir is not None else out.with_name(f"{out.name}-masks")
+    masks: dict[Path, str] = {}
+    if (mask_root / "masks.csv").is_file():
+        with (mask_root / "masks.csv").open(newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                paths = (str(mask_root / p) for p in row["mask"].split(";"))
+                masks[(mask_root / row["image"]).resolve()] = ";".join(paths)
+    with (out / "manifest.csv").open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    return [
+        Example(
+            image_id=i,
+            path=str(out / row["file"]),
+            frame=0,
+            label=row["label"],
+            patient=row["patient_id"],
+            source=row["source"],
+            clinical_text=row["clinical_text"] or None,
+            mask_path=masks.get((out / row["file"]).resolve()),
+        )
+        for i, row in enumerate(rows)
+    ]
+
+
+def synthetic_split(
+    directory: str | Path,
+    n: int,
+    *,
+    seed: int = 0,
+    size: int = 256,
+    with_text: bool = True,
+    eval_fraction: float = 0.25,
+) -> Split:
+    """Write `n` labelled images (JPEG and DICOM, with masks) and split them by patient."""
+    out = write_dataset(Path(directory) / "images", n, seed=seed, size=size, with_text=with_text)
+    return split_by_patient(read_examples(out), eval_fraction=eval_fraction, seed=seed)

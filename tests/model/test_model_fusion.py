@@ -1,4 +1,5 @@
-"""Multi-depth scaled cross-attention: base equivalence at alpha 0, masking, generate(), cache."""
+"""Multi-depth scaled cross-attention: base equivalence at alpha 0, masking, generate(), cache;
+the skip projection's standardisation."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 from transformers import MllamaForConditionalGeneration
 
 from mdf_model import Classifier, MDFModel, ModelInputs
+from mdf_model.projection import SkipProjection
 
 
 def base_logits(model: MDFModel, inputs: ModelInputs) -> torch.Tensor:
@@ -50,6 +52,36 @@ def test_nonzero_alpha_changes_the_logits(make_model, scoring_batch) -> None:
     # Outside a forward pass of the MDF model the base model is left alone.
     with torch.no_grad():
         assert torch.equal(base_logits(model, inputs), plain)
+
+
+@pytest.mark.parametrize(("changes", "learns"), [({"alpha": 0.0}, False), ({}, True)])
+def test_the_answer_loss_reaches_the_fusion_only_when_alpha_is_not_zero(
+    make_model, scoring_batch, changes: dict, learns: bool
+) -> None:
+    # Every fusion gradient is a multiple of alpha: at 0 fusion could never start learning.
+    model = make_model(**changes).train()
+    inputs = Classifier(model).training_inputs(scoring_batch, ["acquired", "inherited"])
+    model(inputs).lm_loss.backward()
+    for parameter in (model.projection.proj[0].weight, model.fusion.blocks["1"].attn.v_proj.weight):
+        assert bool(parameter.grad.abs().sum() > 0) == learns
+
+
+def test_the_skip_projection_standardises_what_differs_between_images() -> None:
+    torch.manual_seed(0)
+    projection = SkipProjection([8, 16], 32, grid=2, pool=1).train()
+    # A large offset shared by every image, a small part of its own: as U-Net skips are.
+    skips = [100 + 0.01 * torch.randn(6, c, 8, 8) for c in (8, 16)]
+    tokens = projection(skips)
+    assert tokens.std(0).mean() / tokens.pow(2).mean().sqrt() > 0.3
+    projection.eval()  # running statistics: an image's tokens do not depend on its batch
+    torch.testing.assert_close(projection([s[:1] for s in skips]), projection(skips)[:1])
+
+
+def test_a_frozen_fusion_keeps_its_standardisation_statistics(make_model) -> None:
+    model = make_model(frozen=("fusion",)).train()
+    assert model.training and not model.projection.training
+    model.set_frozen(())
+    assert model.projection.training
 
 
 def test_base_state_dict_keys_are_unchanged(make_model, tiny_base_dir) -> None:
