@@ -31,7 +31,8 @@ def upgrade(url: str, revision: str = "head") -> None:
 
 
 def _upgrade(args: argparse.Namespace) -> int:
-    logging.getLogger("alembic").setLevel(logging.INFO)  # show each migration as it runs
+    # Show each migration as it runs, unless the log level asks for less.
+    logging.getLogger("alembic").setLevel(logging.getLogger().level)
     url = get_settings().resolved_database_url
     upgrade(url, args.revision)
     log.info("database_upgraded", revision=args.revision)
