@@ -18,7 +18,7 @@ from training.config import EarlyStopping, TrainConfig
 from training.memory import estimate
 from training.run import load_for_training, train_and_evaluate
 from training.synthetic import write_dataset
-from training.trainer import BestWeights, ComponentWatch, Trainer
+from training.trainer import BestWeights, ComponentWatch, Trainer, learning_rate_factor
 
 
 def test_a_component_stops_after_patience_epochs_without_improvement() -> None:
@@ -138,6 +138,29 @@ def test_a_resumed_fit_still_ends_with_the_best_weights_from_before_the_break(
     assert history.restored_epoch == 1
     assert _same(resumed.model, judged[0], ("unet.", *ANSWER_PARTS))
     assert not _same(resumed.model, after_break[0], ANSWER_PARTS)
+
+
+def test_cosine_learning_rates_decay_from_the_configured_ones(tiny_checkpoint: Path) -> None:
+    assert learning_rate_factor(1, 4, "cosine") == 1.0
+    assert learning_rate_factor(3, 4, "cosine") == pytest.approx(0.5)
+    assert learning_rate_factor(4, 4, "constant") == 1.0
+    config = TrainConfig(epochs=3, batch_size=4, early_stopping=EarlyStopping(patience=10))
+    trainer = Trainer(load_for_training(tiny_checkpoint, config), config)
+    inputs, targets = _training_set(trainer.classifier)
+    rates: list[list[float]] = []
+    step = trainer.optimizer.step
+
+    def recording_step(*args, **kwargs):
+        rates.append([group["lr"] for group in trainer.optimizer.param_groups])
+        return step(*args, **kwargs)
+
+    trainer.optimizer.step = recording_step  # type: ignore[method-assign]
+    trainer.fit(inputs, targets, inputs, targets)
+    assert rates[0] == trainer.base_rates  # one step per epoch: 4 images, batches of 4
+    for epoch, used in enumerate(rates, start=1):
+        expected = [b * learning_rate_factor(epoch, 3, "cosine") for b in trainer.base_rates]
+        assert used == pytest.approx(expected)
+    assert rates[-1][0] < rates[0][0] / 2
 
 
 def test_cross_attention_strategy_trains_only_the_base_cross_attention(

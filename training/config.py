@@ -57,6 +57,10 @@ class TrainConfig(BaseModel):
         default_factory=lambda: {"unet": 3e-4, "fusion": 1e-3, "film": 1e-3, "mllm": 1e-3}
     )
     weight_decay: float = 0.0
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        default="cosine",
+        description="each epoch's learning rates: as given, or decayed along a half cosine",
+    )
     seg_loss_weight: float | None = Field(default=None, description="default: the model's")
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
     eval_fraction: float = Field(default=0.25, gt=0, lt=1)

@@ -109,6 +109,15 @@ def _autocast(config: TrainConfig, device: torch.device) -> contextlib.AbstractC
     return contextlib.nullcontext()
 
 
+def learning_rate_factor(epoch: int, epochs: int, schedule: str) -> float:
+    """The share of the configured learning rates used in ``epoch`` (1-based). The cosine
+    schedule starts at 1 and ends near 0, so the last epochs settle instead of jumping
+    between minima (the tiny preset's answer loss jumped 0.21 -> 0.95 at a constant rate)."""
+    if schedule == "constant":
+        return 1.0
+    return 0.5 * (1 + math.cos(math.pi * (epoch - 1) / epochs))
+
+
 def _mean(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
 
@@ -147,6 +156,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             self.model.parameter_groups(config.learning_rates), weight_decay=config.weight_decay
         )
+        self.base_rates = [group["lr"] for group in self.optimizer.param_groups]
 
     def _component_keys(self) -> dict[str, list[str]]:
         """Per watched component, the state-dict names of its trained parameters and of
@@ -267,6 +277,9 @@ class Trainer:
         if state is not None and state.exists():
             first, history, rng = self.restore_state(state)
         for epoch in range(first, self.config.epochs + 1):
+            factor = learning_rate_factor(epoch, self.config.epochs, self.config.lr_schedule)
+            for group, base in zip(self.optimizer.param_groups, self.base_rates, strict=True):
+                group["lr"] = base * factor
             history.train.append(self._epoch(train_inputs, train_targets, rng))
             validation = self.validate(val_inputs, val_targets)
             history.validation.append(validation)
