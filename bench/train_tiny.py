@@ -33,10 +33,10 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=280, help="labelled images in all")
     parser.add_argument("--size", type=int, default=256, help="side of the synthetic images")
     parser.add_argument("--with-text", type=int, choices=(0, 1), default=0)
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=28)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument(
-        "--min-epochs", type=int, default=20, help="no early stopping before this epoch"
+        "--min-epochs", type=int, default=28, help="no early stopping before this epoch"
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
