@@ -42,7 +42,7 @@ def test_best_weights_copy_only_the_named_tensors_and_put_them_back() -> None:
     model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
     best = BestWeights(model, {"head": ["0.weight", "1.running_mean"]})
     assert not best.restore("head")  # nothing remembered yet
-    best.remember("head")
+    best.remember(["head"])
     kept = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():
         for tensor in model.state_dict().values():

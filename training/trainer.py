@@ -70,11 +70,17 @@ class BestWeights:
         self.keys = keys
         self.copies: dict[str, dict[str, torch.Tensor]] = {}
 
-    def remember(self, component: str) -> None:
+    def remember(self, components: Sequence[str]) -> None:
+        """Copy the current weights of ``components``; a tensor several of them name is
+        copied once and shared, so an epoch that improves every component (and the answer
+        loss) copies each trained tensor once, not once per entry."""
         state = self.model.state_dict()
-        self.copies[component] = {
-            key: state[key].detach().to("cpu", copy=True) for key in self.keys[component]
-        }
+        copied: dict[str, torch.Tensor] = {}
+        for component in components:
+            for key in self.keys[component]:
+                if key not in copied:
+                    copied[key] = state[key].detach().to("cpu", copy=True)
+            self.copies[component] = {key: copied[key] for key in self.keys[component]}
 
     def restore(self, component: str) -> bool:
         """Put the component's best weights back; False when none were remembered."""
@@ -284,7 +290,7 @@ class Trainer:
             validation = self.validate(val_inputs, val_targets)
             history.validation.append(validation)
             history.epochs = epoch
-            converged = []
+            converged, improved = [], []
             for name, watch in self.watches.items():
                 if watch.update(
                     epoch,
@@ -293,11 +299,12 @@ class Trainer:
                 ):
                     converged.append(name)
                 elif watch.best_epoch == epoch:
-                    self.best.remember(name)
+                    improved.append(name)
             answer = validation.get("lm_loss")
             if answer is not None and answer < self.objective.best:
                 self.objective.best, self.objective.best_epoch = answer, epoch
-                self.best.remember(OBJECTIVE)  # as validated, before any component goes back
+                improved.append(OBJECTIVE)
+            self.best.remember(improved)  # as validated, before any component goes back
             if converged:
                 self._restore_best(converged)
                 self._freeze(converged)
