@@ -25,10 +25,10 @@ from PIL import Image
 
 from db.cli import upgrade
 from mdf.broker import stop_embedded_redis
+from mdf.imaging.dicom_writer import write_dicom_op
 from mdf.settings import Settings
+from mdf.synthetic.fundus import generate_case
 from scheduler.service import Scheduler
-from training.dicom_export import write_dicom_op
-from training.synthetic import generate_case
 
 
 def write_files(folder: Path, n: int, size: int) -> list[Path]:

@@ -40,8 +40,8 @@ from db.models import Image, ImageStatus
 from mdf.broker import stop_embedded_redis
 from mdf.imaging import load_frame
 from mdf.settings import Settings
+from mdf.synthetic.fundus import write_dataset
 from scheduler.service import Scheduler
-from training.synthetic import write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import torch
 
+from mdf.synthetic.fundus import synthetic_split
 from mdf_model.tiny import build_tiny_checkpoint
 from training.config import EarlyStopping, TrainConfig
 from training.dataset import prepare
 from training.run import score, train_on
-from training.synthetic import synthetic_split
 
 
 def main() -> None:

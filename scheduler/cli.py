@@ -9,8 +9,8 @@ import os
 import sys
 from pathlib import Path
 
+from mdf.analysis.export import FORMATS, parse_since
 from mdf.settings import get_settings
-from scheduler.results import FORMATS, parse_since
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -175,7 +175,7 @@ def _status(args: argparse.Namespace) -> int:
 
 def _results(args: argparse.Namespace) -> int:
     from db.session import session_factory
-    from scheduler.results import Filters, export, fetch
+    from mdf.analysis.export import Filters, export, fetch
 
     filters = Filters(batch=args.batch, since=args.since, label=args.label, limit=args.limit)
     with session_factory(get_settings().resolved_database_url)() as session:
@@ -189,7 +189,7 @@ def _results(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from scheduler.report import UnknownBatch, write_report
+    from mdf.analysis.report import UnknownBatch, write_report
 
     try:
         path = write_report(get_settings(), args.batch, args.out)

@@ -29,9 +29,9 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from db.model_versions import promote, register_version
 from db.models import ModelVersion
 from db.session import session_factory
-from db.versions import promote, register_version
 from mdf.broker import stop_embedded_redis
 
 REPO = Path(__file__).resolve().parents[1]

@@ -2,7 +2,7 @@
 
 `build_corpus(directory)` writes every file of `EXPECTED` and returns that mapping of file
 name to expected outcome: "ok:N" for a file with N usable images, otherwise the rejection
-code `mdf.imaging.probe` must raise. Frame k of every accepted file shows
+code `mdf.imaging.files.probe` must raise. Frame k of every accepted file shows
 `fundus_image(k)` upright in RGB: exactly for the files in `LOSSLESS`, within lossy
 compression error for the others. Pixels, UIDs and dates are fixed, so every build writes
 the same files. pytest puts tests/ on sys.path, so test modules `import corpus`.
@@ -29,7 +29,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from training.dicom_export import write_dicom_op
+from mdf.imaging.dicom_writer import write_dicom_op
 
 __all__ = [
     "CLINICAL_TEXT",

@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from db.models import Image, ImagePath, ImageStatus, ModelVersion, Prediction
 from db.session import session_factory
-from training.bad_files import BAD_FILES
+from mdf.synthetic.bad_files import BAD_FILES
 
 REPO = Path(__file__).resolve().parents[1]
 NIGHT_IMAGES = 6

@@ -69,7 +69,7 @@ def _sessions():
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from training.synthetic import write_dataset
+    from mdf.synthetic.fundus import write_dataset
 
     out = write_dataset(
         args.directory,
@@ -83,7 +83,7 @@ def _synth(args: argparse.Namespace) -> int:
     )
     print(f"{args.images} images in {out}, masks and labels in {out}-masks/masks.csv")
     if args.bad_files:
-        from training.bad_files import write_bad_files
+        from mdf.synthetic.bad_files import write_bad_files
 
         bad = write_bad_files(out, size=args.size, seed=args.seed)
         print(f"{len(bad)} files intake must reject in {out / 'misc'}")
@@ -154,8 +154,8 @@ def _models(args: argparse.Namespace) -> int:
 def _promote(args: argparse.Namespace) -> int:
     from sqlalchemy import select
 
+    from db.model_versions import promote
     from db.models import ModelVersion
-    from db.versions import promote
 
     with _sessions().begin() as session:
         version = session.scalar(select(ModelVersion).where(ModelVersion.name == args.version))
@@ -168,8 +168,8 @@ def _promote(args: argparse.Namespace) -> int:
 
 
 def _rollback(args: argparse.Namespace) -> int:
+    from db.model_versions import rollback
     from db.models import ModelVersion
-    from db.versions import rollback
 
     with _sessions().begin() as session:
         record = rollback(session, reason=args.reason)

@@ -16,11 +16,11 @@ from typing import Any
 import structlog
 from sqlalchemy.orm import Session, sessionmaker
 
+from db.model_versions import promote, promoted_version, register_version
 from db.models import TrainingRun, utcnow
 from db.session import session_factory
-from db.versions import promote, promoted_version, register_version
 from mdf.settings import Settings
-from training import report as plots
+from training import plots
 from training.config import TrainConfig
 from training.dataset import PreparedSet, labelled_examples, prepare
 from training.metrics import Evaluation, evaluate

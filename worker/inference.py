@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from mdf.imaging import Rejection, load_frame
 from mdf.settings import Settings
 from worker.claims import ClaimedImage, Failure, claim_images, mark_failed
-from worker.results import PredictionRow, mask_directory, save_mask, write_predictions
+from worker.predictions import PredictionRow, mask_directory, save_mask, write_predictions
 from worker.serving import ModelServer, ServedModel
 
 log = structlog.get_logger(__name__)

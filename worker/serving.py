@@ -20,8 +20,8 @@ from typing import Any
 import structlog
 from sqlalchemy.orm import Session, sessionmaker
 
+from db.model_versions import promoted_version, register_version
 from db.session import session_factory
-from db.versions import promoted_version, register_version
 
 log = structlog.get_logger(__name__)
 

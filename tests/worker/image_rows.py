@@ -8,9 +8,9 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from db import versions
+from db import model_versions
+from db.model_versions import register_version
 from db.models import Batch, Image, ImageStatus, Prediction
-from db.versions import register_version
 
 
 def add_images(
@@ -49,7 +49,7 @@ def promote(sessions: sessionmaker[Session], name: str, path: Path) -> int:
             labels=["acquired", "inherited"],
             name=name,
         )
-        versions.promote(session, version, reason="a test promotes it")
+        model_versions.promote(session, version, reason="a test promotes it")
         return version.id
 
 

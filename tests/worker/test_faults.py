@@ -42,7 +42,7 @@ def redis_url(own_redis: RedisServer) -> str:
 
 
 def _inbox(directory: Path, n: int, *, seed: int = 0) -> Path:
-    from training.synthetic import write_dataset
+    from mdf.synthetic.fundus import write_dataset
 
     return write_dataset(directory, n, seed=seed, size=96, dicom_fraction=0.25, write_masks=False)
 

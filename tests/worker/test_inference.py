@@ -222,7 +222,7 @@ def test_an_image_that_keeps_killing_workers_is_failed_before_it_is_loaded(
 def test_the_tiny_model_classifies_photographs_and_dicom(
     sessions: sessionmaker[Session], tmp_path: Path, tiny_checkpoint: Path
 ) -> None:
-    from training.synthetic import write_dataset
+    from mdf.synthetic.fundus import write_dataset
 
     folder = write_dataset(tmp_path / "in", 4, size=96, dicom_fraction=0.5, write_masks=False)
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "manifest.csv")

@@ -13,9 +13,9 @@ from html import escape
 from pathlib import Path
 from string import Template
 
-from scheduler.report import charts
-from scheduler.report.figures import BatchFigures, Uncertain
-from scheduler.report.thumbnails import mask_thumbnail, source_thumbnail
+from mdf.analysis.report import charts
+from mdf.analysis.report.figures import BatchFigures, Uncertain
+from mdf.analysis.report.thumbnails import mask_thumbnail, source_thumbnail
 
 PAGE = Template("""<!DOCTYPE html>
 <html lang="en">

@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from pydicom.uid import generate_uid
 
-from training.dicom_export import TRANSFER_SYNTAXES, write_dicom_op
+from mdf.imaging.dicom_writer import TRANSFER_SYNTAXES, write_dicom_op
 from training.splits import Example, Split, split_by_patient
 
 __all__ = [

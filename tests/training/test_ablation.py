@@ -6,10 +6,10 @@ from pathlib import Path
 
 import torch
 
+from mdf.synthetic.fundus import synthetic_split
 from training.ablation import TABLE_VARIANTS, format_table, run_ablation
 from training.config import TrainConfig
 from training.run import load_for_training
-from training.synthetic import synthetic_split
 
 
 def _unchanged(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> bool:

@@ -11,9 +11,9 @@ import re
 from pathlib import Path
 
 from db.session import session_factory
+from mdf.analysis.report.figures import UnknownBatch, batch_figures
+from mdf.analysis.report.page import render
 from mdf.settings import Settings
-from scheduler.report.figures import UnknownBatch, batch_figures
-from scheduler.report.page import render
 
 __all__ = ["UnknownBatch", "build_report", "write_report"]
 

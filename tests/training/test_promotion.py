@@ -8,9 +8,9 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
+from db.model_versions import promote, promoted_version, register_version, rollback
 from db.models import ModelVersion, Promotion
 from db.session import session_factory
-from db.versions import promote, promoted_version, register_version, rollback
 from training.metrics import Evaluation, evaluate
 from training.promotion import decide
 from training.splits import Example, split_by_patient, split_by_source

@@ -12,7 +12,7 @@ from PIL import Image as PILImage
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import ImageStatus, Prediction
-from worker.results import PredictionRow, mask_directory, save_mask, write_predictions
+from worker.predictions import PredictionRow, mask_directory, save_mask, write_predictions
 
 
 def _row(image_id: int, label: str = "acquired") -> PredictionRow:

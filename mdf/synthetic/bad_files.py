@@ -15,8 +15,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from training.dicom_export import write_dicom_op
-from training.synthetic import generate_case
+from mdf.imaging.dicom_writer import write_dicom_op
+from mdf.synthetic.fundus import generate_case
 
 __all__ = ["BAD_FILES", "write_bad_files"]
 

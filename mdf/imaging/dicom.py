@@ -21,7 +21,7 @@ from pydicom.pixels import get_decoder, pixel_array
 from pydicom.pixels.utils import get_expected_length, get_nr_frames
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from mdf.image_rejection import Rejection, check_size
+from mdf.imaging.rejection import Rejection, check_size
 
 __all__ = [
     "ACCEPTED_MODALITIES",
@@ -47,7 +47,7 @@ ACCEPTED_MODALITIES = frozenset({"OP", "XC", "OT"})
 COLOUR_PHOTOMETRICS = frozenset({"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT"})
 # PALETTE COLOR is a pseudo-colour rendering of one channel, not a colour photograph.
 MONOCHROME_PHOTOMETRICS = frozenset({"MONOCHROME1", "MONOCHROME2", "PALETTE COLOR"})
-# Free clinical text: Additional Patient History (0010,21B0), as training.dicom_export writes.
+# Free clinical text: Additional Patient History (0010,21B0), as mdf.imaging.dicom_writer writes.
 CLINICAL_TEXT_KEYWORD = "AdditionalPatientHistory"
 
 _UNDEFINED_LENGTH = 0xFFFFFFFF

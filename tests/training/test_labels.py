@@ -10,9 +10,9 @@ from sqlalchemy import select
 
 from db.models import Image
 from mdf.settings import Settings
+from mdf.synthetic.fundus import write_dataset
 from scheduler.service import Scheduler
 from training.labels import import_labels
-from training.synthetic import write_dataset
 
 
 def test_synthetic_masks_import_onto_ingested_images(

@@ -11,8 +11,8 @@ import pydicom
 import pytest
 from PIL import Image, ImageFilter
 
-from training.dicom_export import CLINICAL_TEXT_KEYWORD, LOSSLESS_SYNTAXES, write_dicom_op
-from training.synthetic import (
+from mdf.imaging.dicom_writer import CLINICAL_TEXT_KEYWORD, LOSSLESS_SYNTAXES, write_dicom_op
+from mdf.synthetic.fundus import (
     DISEASES,
     LABEL_OF,
     MANIFEST_COLUMNS,

@@ -23,8 +23,8 @@ from PIL import Image as PILImage
 from db.models import Image, ImageStatus, ModelVersion, Prediction
 from db.session import session_factory
 from mdf.settings import Settings
+from mdf.synthetic.fundus import write_dataset
 from scheduler.intake import ingest
-from training.synthetic import write_dataset
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

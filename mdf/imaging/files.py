@@ -50,13 +50,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from mdf.dicom_probe import (
+from mdf.imaging.dicom import (
     ACCEPTED_MODALITIES,
     ACCEPTED_SOP_CLASSES,
     decode_dicom_frame,
     inspect_dicom,
 )
-from mdf.image_rejection import REJECTION_CODES, Rejection, check_size
+from mdf.imaging.rejection import REJECTION_CODES, Rejection, check_size
 
 __all__ = [
     "ACCEPTED_MODALITIES",
@@ -67,7 +67,6 @@ __all__ = [
     "Rejection",
     "load_frame",
     "probe",
-    "sha256_file",
 ]
 
 # Pillow modes that are colour and convert to RGB, and those that hold one channel.
@@ -125,12 +124,6 @@ class ProbedFile:
     clinical_text: str | None = None
     bits_stored: int | None = None
     photometric: str | None = None
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes, read in chunks so large files need little memory."""
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def probe(

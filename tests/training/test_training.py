@@ -13,11 +13,11 @@ from sqlalchemy import select
 
 from db.models import ModelVersion, Promotion, TrainingRun
 from mdf.settings import Settings
+from mdf.synthetic.fundus import write_dataset
 from scheduler.service import Scheduler
 from training.config import EarlyStopping, TrainConfig
 from training.memory import estimate
 from training.run import load_for_training, train_and_evaluate
-from training.synthetic import write_dataset
 from training.trainer import BestWeights, ComponentWatch, Trainer, learning_rate_factor
 
 
@@ -65,7 +65,7 @@ ANSWER_PARTS = ("base.", "projection.", "fusion.", "film.")
 
 
 def _training_set(classifier, n: int = 4) -> tuple[list, list[str]]:
-    from training.synthetic import generate_case
+    from mdf.synthetic.fundus import generate_case
 
     cases = [generate_case(seed, size=96) for seed in range(n)]
     inputs = [
@@ -255,7 +255,7 @@ def test_a_run_resumes_from_its_last_saved_epoch(
 
 
 def test_the_baseline_variant_is_the_plain_mllm_behind_the_same_api(tiny_checkpoint: Path) -> None:
-    from training.synthetic import generate_case
+    from mdf.synthetic.fundus import generate_case
 
     classifier = load_for_training(tiny_checkpoint, TrainConfig(variant="baseline"))
     model = classifier.model

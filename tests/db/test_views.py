@@ -11,7 +11,7 @@ from alembic import command
 from analyst_rows import NIGHT_1, NIGHT_2, add_nights
 
 from db.session import alembic_config, make_engine, session_factory
-from scheduler.results import as_utc
+from mdf.analysis.export import as_utc
 
 ROLLUP = sa.text(
     "SELECT batch, study, patient_pseudonym, images, done, failed, right_label, "

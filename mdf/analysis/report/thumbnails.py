@@ -1,6 +1,6 @@
 """Small inline pictures of source images and their masks, as ``data:`` URIs.
 
-Sources are decoded by ``mdf.imaging.load_frame``, like the workers do, so DICOM and
+Sources are decoded by ``mdf.imaging.files.load_frame``, like the workers do, so DICOM and
 raster files look the same. A file that has moved or no longer decodes gives None and
 the page shows a placeholder instead: a report never fails for one picture.
 """

@@ -22,11 +22,11 @@ from db.models import Image, ImageStatus, ModelVersion, Prediction
 from db.session import session_factory
 from mdf.celery_app import create_app
 from mdf.settings import Settings, get_settings
+from mdf.synthetic.bad_files import BAD_FILES, write_bad_files
+from mdf.synthetic.fundus import write_dataset
 from scheduler.batch_progress import Progress, ProgressDisplay
 from scheduler.run_batch import serving_workers
 from scheduler.service import Scheduler
-from training.bad_files import BAD_FILES, write_bad_files
-from training.synthetic import write_dataset
 
 NIGHT_IMAGES = 6
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

@@ -1,6 +1,6 @@
 """Why an incoming file or image is refused: the exception, its stable codes, the size rule.
 
-Shared by the raster and DICOM probes; `mdf.imaging` documents the whole policy.
+Shared by the raster and DICOM probes; `mdf.imaging.files` documents the whole policy.
 """
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ from analyst_rows import NIGHT_1, add_nights
 from in_process import Mdf, mdf_command
 
 from db.session import session_factory
+from mdf.analysis.export import COLUMNS, Filters, fetch
 from mdf.cli import main
-from scheduler.results import COLUMNS, Filters, fetch
 
 
 @pytest.fixture

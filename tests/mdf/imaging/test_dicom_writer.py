@@ -12,7 +12,7 @@ import pydicom
 import pytest
 from pydicom.uid import OphthalmicPhotography8BitImageStorage, SecondaryCaptureImageStorage
 
-from training.dicom_export import (
+from mdf.imaging.dicom_writer import (
     CLINICAL_TEXT_KEYWORD,
     LOSSLESS_SYNTAXES,
     TRANSFER_SYNTAXES,

@@ -25,8 +25,8 @@ from corpus import (
 )
 from PIL import Image
 
-from mdf.imaging import ProbedFile, Rejection, load_frame, probe, sha256_file
-from training.dicom_export import TRANSFER_SYNTAXES
+from mdf.imaging import ProbedFile, Rejection, load_frame, probe
+from mdf.imaging.dicom_writer import TRANSFER_SYNTAXES
 
 ACCEPTED = sorted(name for name, outcome in EXPECTED.items() if expected_images(outcome))
 REJECTED = sorted(name for name in EXPECTED if name not in ACCEPTED)
@@ -142,7 +142,9 @@ def test_probe_reads_given_bytes_instead_of_the_file(corpus_dir: Path, tmp_path:
     data = (corpus_dir / "op_explicit.dcm").read_bytes()
     probed = probe(tmp_path / "never-written", data=data)
     assert probed.path == tmp_path / "never-written"
-    assert probed.sha256 == sha256_file(corpus_dir / "op_explicit.dcm")
+    assert (
+        probed.sha256 == hashlib.sha256((corpus_dir / "op_explicit.dcm").read_bytes()).hexdigest()
+    )
 
 
 def test_bytes_after_a_whole_jpeg_are_tolerated(corpus_dir: Path) -> None:

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from db.models import Batch, Image, ImageStatus, ModelVersion, Prediction
-from scheduler.results import STUDY_RESULTS, as_utc
+from mdf.analysis.export import STUDY_RESULTS, as_utc
 
 
 class UnknownBatch(LookupError):

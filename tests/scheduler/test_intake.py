@@ -18,9 +18,9 @@ from sqlalchemy import select, text, update
 from db.models import Image, ImagePath, ImageStatus, Study
 from db.session import make_engine
 from mdf.celery_app import INFERENCE_QUEUE
+from mdf.imaging.dicom_writer import write_dicom_op
 from mdf.settings import Settings
 from scheduler.service import Scheduler
-from training.dicom_export import write_dicom_op
 
 RAW_PATIENT = "PATIENT-0042-SECRET"
 RAW_NAME = "Doe^Jane"

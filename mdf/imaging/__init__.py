@@ -1,0 +1,10 @@
+"""What a delivered file is: probing, decoding, rejection reasons, and the DICOM writer.
+
+``probe`` examines a file once at intake; ``load_frame`` decodes the same file the same
+way wherever pixels are needed (workers, training, the report, ``mdf classify``).
+"""
+
+from mdf.imaging.files import ProbedFile, ProbedImage, load_frame, probe
+from mdf.imaging.rejection import Rejection
+
+__all__ = ["ProbedFile", "ProbedImage", "Rejection", "load_frame", "probe"]
