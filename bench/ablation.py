@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from mdf.synthetic.fundus import synthetic_split
+from mdf.synthetic.examples import synthetic_split
 from mdf_model.tiny import build_tiny_checkpoint
 from training.ablation import TABLE_VARIANTS, format_table, run_ablation
 from training.config import VARIANTS, TrainConfig

@@ -40,7 +40,7 @@ from db.models import Image, ImageStatus
 from mdf.broker import stop_embedded_redis
 from mdf.imaging import load_frame
 from mdf.settings import Settings
-from mdf.synthetic.fundus import write_dataset
+from mdf.synthetic.delivery import write_dataset
 from scheduler.service import Scheduler
 
 ROOT = Path(__file__).resolve().parents[1]

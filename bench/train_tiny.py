@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from mdf.synthetic.fundus import synthetic_split
+from mdf.synthetic.examples import synthetic_split
 from mdf_model.tiny import build_tiny_checkpoint
 from training.config import EarlyStopping, TrainConfig
 from training.dataset import prepare

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Callable
 
 import structlog
-from alembic import command
+from alembic import command, util
 
 from db.session import alembic_config
-from mdf.settings import get_settings
+from mdf.errors import CommandError
+from mdf.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -30,16 +32,23 @@ def upgrade(url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(url), revision)
 
 
-def _upgrade(args: argparse.Namespace) -> int:
+def _upgrade(args: argparse.Namespace, settings: Settings) -> int:
     # Show each migration as it runs, unless the log level asks for less.
     logging.getLogger("alembic").setLevel(logging.getLogger().level)
-    url = get_settings().resolved_database_url
-    upgrade(url, args.revision)
+    _migrate(command.upgrade, settings, args.revision)
     log.info("database_upgraded", revision=args.revision)
     return 0
 
 
-def _downgrade(args: argparse.Namespace) -> int:
-    command.downgrade(alembic_config(get_settings().resolved_database_url), args.revision)
+def _downgrade(args: argparse.Namespace, settings: Settings) -> int:
+    _migrate(command.downgrade, settings, args.revision)
     log.info("database_downgraded", revision=args.revision)
     return 0
+
+
+def _migrate(step: Callable[..., None], settings: Settings, revision: str) -> None:
+    """Run an Alembic command; an unknown revision is the operator's to correct."""
+    try:
+        step(alembic_config(settings.resolved_database_url), revision)
+    except util.CommandError as error:
+        raise CommandError(str(error)) from error

@@ -44,28 +44,14 @@ class Base(DeclarativeBase):
 
 
 class ImageStatus(enum.StrEnum):
+    """The column type of an image's status; ``db.lifecycle`` says what each means."""
+
     REGISTERED = "registered"
     QUEUED = "queued"
     PROCESSING = "processing"
     DONE = "done"
     REJECTED = "rejected"
     FAILED = "failed"
-
-
-TOO_MANY_ATTEMPTS = "too_many_attempts"
-
-
-def gave_up(max_attempts: int) -> dict[str, Any]:
-    """Column values of an image that workers started ``max_attempts`` times and never
-    finished: it is most likely what kills them, so it fails and the batch goes on."""
-    now = utcnow()
-    return {
-        "status": ImageStatus.FAILED,
-        "reason_code": TOO_MANY_ATTEMPTS,
-        "reason": f"no worker finished it in {max_attempts} attempts",
-        "finished_at": now,
-        "status_changed_at": now,
-    }
 
 
 class Batch(Base):
@@ -253,7 +239,6 @@ class Promotion(Base):
 
 
 __all__ = [
-    "TOO_MANY_ATTEMPTS",
     "Base",
     "Batch",
     "Image",
@@ -264,6 +249,5 @@ __all__ = [
     "Promotion",
     "Study",
     "TrainingRun",
-    "gave_up",
     "utcnow",
 ]

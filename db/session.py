@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -14,11 +12,13 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+from mdf.errors import CommandError
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-class DatabaseNotMigrated(RuntimeError):
-    """The database schema is older than this code (or absent)."""
+class DatabaseNotMigrated(CommandError):
+    """The database schema is older than this code (or absent): the operator migrates it."""
 
 
 def alembic_config(url: str) -> Config:
@@ -73,10 +73,3 @@ def _factory(url: str) -> sessionmaker[Session]:
 def session_factory(url: str) -> sessionmaker[Session]:
     """A session factory for a migrated database (one engine per URL and process)."""
     return _factory(url)
-
-
-@contextmanager
-def session_scope(url: str) -> Iterator[Session]:
-    """A transaction: committed when the block ends, rolled back if it raises."""
-    with session_factory(url).begin() as session:
-        yield session

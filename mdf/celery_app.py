@@ -3,7 +3,8 @@
 The scheduler and the workers meet only through the task names below and the
 database: the scheduler sends ``CLASSIFY_CHUNK`` by name and never imports the
 model. Each process builds its app with :func:`create_app` and imports the task
-module it serves (``scheduler.tasks``, ``worker.tasks`` or ``training.tasks``).
+module it serves (``scheduler.tasks``, ``worker.tasks`` or ``training.tasks``); a task
+reads the settings of the app that runs it with :func:`app_settings`.
 """
 
 from __future__ import annotations
@@ -23,14 +24,8 @@ SCAN_INBOXES = "mdf.scan_inboxes"
 REQUEUE_STALLED = "mdf.requeue_stalled"
 TRAIN = "mdf.train"
 
-
-def cron(expression: str) -> crontab:
-    """A crontab from the five-field form used in the settings ("0 1 * * *")."""
-    fields = expression.split()
-    if len(fields) != 5:
-        raise ValueError(f"expected five crontab fields, got {expression!r}")
-    minute, hour, day_of_month, month_of_year, day_of_week = fields
-    return crontab(minute, hour, day_of_week, day_of_month, month_of_year)
+#: The key of ``app.conf`` that holds the settings the app was built from.
+SETTINGS_KEY = "mdf_settings"
 
 
 def create_app(settings: Settings) -> Celery:
@@ -61,10 +56,23 @@ def create_app(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         timezone="UTC",
         beat_schedule={
-            "scan-inboxes": {"task": SCAN_INBOXES, "schedule": cron(settings.scan_cron)},
-            "requeue-stalled": {"task": REQUEUE_STALLED, "schedule": cron(settings.requeue_cron)},
-            "train": {"task": TRAIN, "schedule": cron(settings.train_cron)},
+            "scan-inboxes": {
+                "task": SCAN_INBOXES,
+                "schedule": crontab.from_string(settings.scan_cron),
+            },
+            "requeue-stalled": {
+                "task": REQUEUE_STALLED,
+                "schedule": crontab.from_string(settings.requeue_cron),
+            },
+            "train": {"task": TRAIN, "schedule": crontab.from_string(settings.train_cron)},
         },
         beat_schedule_filename=str(settings.data_dir / "celerybeat-schedule"),
     )
+    app.conf[SETTINGS_KEY] = settings
     return app
+
+
+def app_settings(app: Celery) -> Settings:
+    """The settings ``app`` was built from: a task serves with its process's settings, which
+    the command that started the worker built once (there is no global copy to go stale)."""
+    return app.conf[SETTINGS_KEY]

@@ -2,13 +2,14 @@
 
 Every process (scheduler, workers, trainer, the command line) reads its
 configuration from here. Precedence, lowest first: the defaults below, a
-``.env`` file, environment variables prefixed ``MDF_``, then command-line flags
-(which the CLI applies by setting the environment before the first read).
+``.env`` file, environment variables prefixed ``MDF_``, then keyword arguments
+(``mdf``'s flags, which ``mdf.cli`` passes as ``Settings(**flags)``). Each process
+builds its settings once and passes them down; a command that changes one value
+(``mdf worker --device``) makes a copy with ``settings.model_copy(update=...)``.
 """
 
 from __future__ import annotations
 
-import functools
 import secrets
 from pathlib import Path
 from typing import Annotated, Literal
@@ -91,6 +92,15 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    @field_validator("scan_cron", "requeue_cron", "train_cron")
+    @classmethod
+    def _five_cron_fields(cls, value: str) -> str:
+        """Single-spaced, as Celery's ``crontab.from_string`` splits on one space."""
+        fields = value.split()
+        if len(fields) != 5:
+            raise ValueError(f"expected five crontab fields, got {value!r}")
+        return " ".join(fields)
+
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:
@@ -111,8 +121,3 @@ class Settings(BaseSettings):
             key_file.touch(mode=0o600)
             key_file.write_text(secrets.token_hex(32))
         return key_file.read_text().strip().encode()
-
-
-@functools.cache
-def get_settings() -> Settings:
-    return Settings()

@@ -47,8 +47,9 @@ BCE over the studies and channels that have a reference mask (prepare with ``seg
 ``loss`` = lm_loss + seg_loss_weight * seg_loss. Components: unet, fusion (skip projection and
 scaled cross-attention), film, mllm (the whole base model) and vision_tower (part of mllm).
 A frozen U-Net also keeps its batch-norm statistics. ``MDFModel.save_pretrained`` /
-``MDFModel.from_pretrained`` write and verify checkpoint directories (see checkpoint.py); a
-damaged or mismatched checkpoint raises `CheckpointError` (a ValueError) naming the file.
+``MDFModel.from_pretrained`` write and verify checkpoint directories (see pretrained.py and
+checkpoint.py); a damaged or mismatched checkpoint raises `CheckpointError` (a ValueError) naming
+the file.
 
 Architecture choices (the paper leaves these open)
 --------------------------------------------------

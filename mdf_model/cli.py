@@ -1,9 +1,10 @@
-"""``mdf model init``, ``mdf model info`` and ``mdf classify``.
+"""``mdf model init`` and ``mdf model info``.
 
 `add_commands` only declares the commands: torch and the model load when a handler runs, so
-registering them keeps ``mdf`` fast. Handlers return the exit code: 0 on success, 1 when some
-image files could not be classified, 2 when the checkpoint, the preset or the arguments are
-unusable.
+registering them keeps ``mdf`` fast. Handlers are called as ``handler(args, settings)`` like
+every ``mdf`` command, and ignore the service's settings: this package imports nothing of the
+service. They return the exit code: 0 on success, 2 when the checkpoint, the preset or the
+arguments are unusable (the reason goes to stderr on one line).
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ from mdf_model.configuration import PRESETS
 
 __all__ = ["add_commands"]
 
-EXIT_OK, EXIT_SOME_FAILED, EXIT_UNUSABLE = 0, 1, 2
+EXIT_OK, EXIT_UNUSABLE = 0, 2
 _BYTES_PER_GIB = 1024**3
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``model`` (with ``init`` and ``info``) and ``classify`` to an argparse parser."""
+    """Add ``model`` (with ``init`` and ``info``) to an argparse parser."""
     model = subparsers.add_parser("model", help="build and inspect MDF-MLLM checkpoints")
     commands = model.add_subparsers(dest="model_command", required=True, metavar="COMMAND")
 
@@ -46,17 +47,6 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     info.add_argument("--json", action="store_true", help="one JSON object")
     info.set_defaults(handler=_info)
 
-    classify = subparsers.add_parser("classify", help="classify JPEG/PNG fundus photographs")
-    classify.add_argument("checkpoint", type=Path, help="checkpoint directory")
-    classify.add_argument("files", nargs="+", type=Path, help="image files (anything PIL opens)")
-    classify.add_argument("--clinical", help="clinical text for every image")
-    classify.add_argument("--device", default="cpu")
-    classify.add_argument("--batch-size", type=int, default=8)
-    classify.add_argument("--max-new-tokens", type=int, default=16)
-    classify.add_argument("--no-text", action="store_true", help="label scores only, no text")
-    classify.add_argument("--json", action="store_true", help="a JSON list, one entry per file")
-    classify.set_defaults(handler=_classify)
-
 
 def _fail(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
@@ -71,7 +61,7 @@ def _print(data: dict[str, Any], as_json: bool) -> None:
             print(f"{key}: {value}")
 
 
-def _init(args: argparse.Namespace) -> int:
+def _init(args: argparse.Namespace, _settings: object = None) -> int:
     from mdf_model.checkpoint import verify_manifest
     from mdf_model.configuration import MDFConfig
     from mdf_model.modeling import MDFModel
@@ -95,10 +85,11 @@ def _init(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _info(args: argparse.Namespace) -> int:
+def _info(args: argparse.Namespace, _settings: object = None) -> int:
     from mdf_model.configuration import MDFConfig
     from mdf_model.flops import estimate_flops
-    from mdf_model.modeling import MDFModel, read_config
+    from mdf_model.modeling import MDFModel
+    from mdf_model.pretrained import read_config
 
     try:
         config = (
@@ -131,62 +122,3 @@ def _info(args: argparse.Namespace) -> int:
     }
     _print(data, args.json)
     return EXIT_OK
-
-
-def _read_rgb(path: Path) -> Any:
-    import numpy as np
-    from PIL import Image, ImageOps
-
-    try:
-        with Image.open(path) as image:
-            return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
-    except Image.DecompressionBombError as error:
-        raise ValueError(str(error)) from error
-
-
-def _classify(args: argparse.Namespace) -> int:
-    from mdf_model.classifier import load_classifier
-
-    try:
-        classifier = load_classifier(args.checkpoint, device=args.device)
-    except ValueError as error:
-        return _fail(str(error))
-    entries: list[dict[str, Any]] = []
-    prepared = []
-    for path in args.files:
-        try:
-            prepared.append((path, classifier.prepare(_read_rgb(path), args.clinical)))
-        except (OSError, ValueError) as error:
-            entries.append({"file": str(path), "error": str(error)})
-    for start in range(0, len(prepared), args.batch_size):
-        chunk = prepared[start : start + args.batch_size]
-        results = classifier.classify_prepared(
-            [item for _, item in chunk],
-            generate_text=not args.no_text,
-            max_new_tokens=args.max_new_tokens,
-        )
-        for (path, _), result in zip(chunk, results, strict=True):
-            entries.append(
-                {
-                    "file": str(path),
-                    "label": result.label,
-                    "probabilities": result.probabilities,
-                    "text": result.text,
-                    "text_label": result.text_label,
-                    "agrees": result.agrees,
-                    "version_hash": classifier.version_hash,
-                }
-            )
-    order = {str(path): i for i, path in enumerate(args.files)}
-    entries.sort(key=lambda entry: order[entry["file"]])
-    if args.json:
-        print(json.dumps(entries, indent=2))
-    else:
-        for entry in entries:
-            if "error" in entry:
-                print(f"{entry['file']}: error: {entry['error']}")
-            else:
-                p = entry["probabilities"][entry["label"]]
-                print(f"{entry['file']}: {entry['label']} ({p:.3f}) text={entry['text']!r}")
-    failed = any("error" in entry for entry in entries)
-    return EXIT_SOME_FAILED if failed else EXIT_OK

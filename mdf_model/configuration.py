@@ -3,6 +3,8 @@
 One `MDFConfig` describes everything that is not a weight: the base Mllama architecture (used to
 build the model without a weight directory, e.g. on the meta device), the U-Net branch, the
 fusion and FiLM wiring, the labels and the prompt. The two presets differ only in values.
+This module imports neither torch nor transformers at load time: ``mdf_model.cli`` reads the
+presets while registering its commands.
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from transformers import MllamaConfig
 
 __all__ = [
     "ABLATIONS",
@@ -43,6 +48,35 @@ ABLATIONS: Mapping[str, tuple[str, ...]] = MappingProxyType(
 )
 
 _PROMPT_FIELDS = frozenset({"clinical", "labels"})
+
+# The architecture fields an MDFConfig records about its base model (``base_config``).
+_BASE_VISION_FIELDS = (
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_global_layers",
+    "attention_heads",
+    "image_size",
+    "patch_size",
+    "max_num_tiles",
+    "intermediate_layers_indices",
+    "vision_output_dim",
+    "supported_aspect_ratios",
+)
+_BASE_TEXT_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "cross_attention_layers",
+    "rope_parameters",
+    "max_position_embeddings",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+)
 
 
 def check_fusion_layers(
@@ -161,6 +195,23 @@ class MDFConfig:
     @property
     def hidden_size(self) -> int:
         return int(self.text_config["hidden_size"])
+
+    def mllama_config(self) -> MllamaConfig:
+        """The base model's Mllama configuration, as recorded in ``base_config``."""
+        from transformers import MllamaConfig  # imports torch: see the module docstring
+
+        return MllamaConfig(**self.base_config)
+
+    def with_base_architecture(self, base: MllamaConfig) -> MDFConfig:
+        """This configuration with ``base_config`` taken from a loaded base model's own
+        configuration, which is authoritative over the recorded one."""
+        return self.replace(
+            base_config={
+                "vision_config": {k: getattr(base.vision_config, k) for k in _BASE_VISION_FIELDS},
+                "text_config": {k: getattr(base.text_config, k) for k in _BASE_TEXT_FIELDS},
+                "image_token_index": base.image_token_index,
+            }
+        )
 
     def validate(self) -> None:
         """Raise a ValueError naming the offending field if the configuration cannot work."""

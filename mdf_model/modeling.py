@@ -15,32 +15,17 @@ The vision tower and the U-Net run once per image; their outputs are shared by t
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import structlog
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
 from torch import nn
-from transformers import (
-    AutoProcessor,
-    GenerationConfig,
-    MllamaConfig,
-    MllamaForConditionalGeneration,
-    ProcessorMixin,
-)
+from transformers import GenerationConfig, MllamaForConditionalGeneration, ProcessorMixin
 
-from mdf_model.checkpoint import (
-    CheckpointError,
-    load_module_strict,
-    save_module,
-    staging_directory,
-    verify_manifest,
-    write_manifest,
-)
+from mdf_model import pretrained
 from mdf_model.configuration import COMPONENTS, MDFConfig
 from mdf_model.film import SkipFiLM
 from mdf_model.fusion import MultiDepthFusion
@@ -48,101 +33,10 @@ from mdf_model.inputs import IGNORE_INDEX, ModelInputs
 from mdf_model.projection import SkipProjection
 from mdf_model.unet import FundusUNet
 
-__all__ = ["MDFModel", "MDFOutput", "mllama_config", "read_config", "seeded"]
+__all__ = ["MDFModel", "MDFOutput"]
 
-log = structlog.get_logger(__name__)
-
-CONFIG_NAME = "mdf_config.json"
-UNET_WEIGHTS = "unet.safetensors"
-FUSION_WEIGHTS = "fusion.safetensors"
-PROCESSOR_DIR = "processor"
-BASE_DIR = "base"
-
-# The architecture fields an MDFConfig records about its base model (see configuration.py).
-_VISION_KEYS = (
-    "hidden_size",
-    "intermediate_size",
-    "num_hidden_layers",
-    "num_global_layers",
-    "attention_heads",
-    "image_size",
-    "patch_size",
-    "max_num_tiles",
-    "intermediate_layers_indices",
-    "vision_output_dim",
-    "supported_aspect_ratios",
-)
-_TEXT_KEYS = (
-    "vocab_size",
-    "hidden_size",
-    "intermediate_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "num_key_value_heads",
-    "cross_attention_layers",
-    "rope_parameters",
-    "max_position_embeddings",
-    "bos_token_id",
-    "eos_token_id",
-    "pad_token_id",
-)
 # Groups for per-component learning rates ("vision_tower" is part of "mllm").
 PARAMETER_GROUPS = ("unet", "fusion", "film", "mllm")
-
-
-def mllama_config(config: MDFConfig) -> MllamaConfig:
-    """The base model's Mllama configuration, as recorded in an MDFConfig."""
-    return MllamaConfig(**config.base_config)
-
-
-def _architecture(base: MllamaConfig) -> dict[str, Any]:
-    return {
-        "vision_config": {k: getattr(base.vision_config, k) for k in _VISION_KEYS},
-        "text_config": {k: getattr(base.text_config, k) for k in _TEXT_KEYS},
-        "image_token_index": base.image_token_index,
-    }
-
-
-def _load_base(directory: Path, dtype: torch.dtype | None) -> MllamaForConditionalGeneration:
-    """``from_pretrained`` from a local directory, refusing anything but an exact match."""
-    try:
-        base, info = MllamaForConditionalGeneration.from_pretrained(
-            directory,
-            local_files_only=True,
-            dtype=dtype if dtype is not None else "auto",
-            output_loading_info=True,
-        )
-    except (OSError, ValueError, RuntimeError, SafetensorError) as error:
-        raise CheckpointError(f"{directory}: cannot load the base model ({error})") from error
-    problems = {name: keys for name, keys in info.items() if keys}
-    if problems:
-        raise CheckpointError(f"{directory}: base weights do not match config.json: {problems}")
-    return base
-
-
-def _load_processor(directory: Path) -> ProcessorMixin:
-    try:
-        return AutoProcessor.from_pretrained(directory, local_files_only=True)
-    except (OSError, ValueError, KeyError) as error:
-        raise CheckpointError(f"{directory}: cannot load the processor ({error})") from error
-
-
-def read_config(directory: Path) -> MDFConfig:
-    """The configuration of a checkpoint directory (not verified against the manifest)."""
-    path = directory / CONFIG_NAME
-    try:
-        return MDFConfig.from_json_file(path)
-    except (OSError, ValueError, TypeError) as error:
-        raise CheckpointError(f"{path}: not a valid MDF configuration ({error})") from error
-
-
-@contextlib.contextmanager
-def seeded(seed: int | None) -> Iterator[None]:
-    """Deterministic initialisation without touching the caller's random state."""
-    with torch.random.fork_rng(devices=[]):
-        if seed is not None:
-            torch.manual_seed(seed)
-        yield
 
 
 @dataclass
@@ -176,7 +70,7 @@ class MDFModel(nn.Module):
         encoder_weights: Path | None = None,
     ) -> None:
         super().__init__()
-        self.config = config.replace(base_config=_architecture(base.config))
+        self.config = config.with_base_architecture(base.config)
         self.base = base
         self.processor = processor
         # The directory the unchanged base weights come from; a checkpoint may refer to it
@@ -227,129 +121,14 @@ class MDFModel(nn.Module):
         torch.set_default_dtype(dtype)
         try:
             with torch.device(device):
-                return cls(config, MllamaForConditionalGeneration(mllama_config(config)))
+                return cls(config, MllamaForConditionalGeneration(config.mllama_config()))
         finally:
             torch.set_default_dtype(default_dtype)
 
-    @classmethod
-    def from_base(
-        cls,
-        base_dir: str | Path,
-        config: MDFConfig,
-        *,
-        seed: int | None = None,
-        device: str | torch.device = "cpu",
-        dtype: torch.dtype | None = None,
-    ) -> MDFModel:
-        """A new MDF model around a local Hugging Face Mllama directory (weights + processor).
-
-        The U-Net (optionally from ``config.unet_encoder_weights``), projection, fusion and FiLM
-        are initialised here; everything takes the base weights' dtype unless ``dtype`` is given.
-        Returns the model in eval mode, like ``from_pretrained``.
-        """
-        base_dir = Path(base_dir)
-        base = _load_base(base_dir, dtype)
-        processor = _load_processor(base_dir)
-        weights = config.unet_encoder_weights
-        with seeded(seed):
-            model = cls(
-                config,
-                base,
-                processor,
-                base_reference=base_dir.resolve(),
-                encoder_weights=None if weights is None else Path(weights),
-            )
-        model.to(device=device, dtype=base.dtype)
-        log.info("model.built", base=str(base_dir), preset=config.preset, dtype=str(base.dtype))
-        return model.eval()
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        directory: str | Path,
-        *,
-        device: str | torch.device = "cpu",
-        dtype: torch.dtype | None = None,
-        base_dir: str | Path | None = None,
-    ) -> MDFModel:
-        """Load a checkpoint directory after verifying its manifest (see checkpoint.py).
-
-        ``base_dir`` points a checkpoint that refers to an external base model at a new location
-        of that base; its files must still match the recorded hashes. Returns the model in eval
-        mode.
-        """
-        directory = Path(directory)
-        manifest = verify_manifest(directory, base_dir=None if base_dir is None else Path(base_dir))
-        config = read_config(directory)
-
-        weight_files = {
-            name: (directory / name).is_file() for name in (UNET_WEIGHTS, FUSION_WEIGHTS)
-        }
-        for name, present in weight_files.items():
-            if present == config.baseline:
-                state = "present" if present else "missing"
-                raise CheckpointError(
-                    f"{directory / name}: {state}, but the configuration has baseline="
-                    f"{config.baseline}"
-                )
-        included = directory / BASE_DIR
-        if included.is_dir():
-            base_path = included
-        elif manifest.base_reference is not None:
-            base_path = manifest.base_reference
-        else:
-            raise CheckpointError(f"{included}: missing, and the manifest names no base model")
-
-        base = _load_base(base_path, dtype)
-        processor = _load_processor(directory / PROCESSOR_DIR)
-        try:
-            model = cls(
-                config,
-                base,
-                processor,
-                base_reference=manifest.base_reference,
-            )
-        except ValueError as error:
-            raise CheckpointError(
-                f"{directory / CONFIG_NAME}: does not fit {base_path} ({error})"
-            ) from error
-        if not config.baseline:
-            load_module_strict(model.unet, directory / UNET_WEIGHTS)
-            load_module_strict(model._fusion_parts(), directory / FUSION_WEIGHTS)
-        model.to(device=device, dtype=base.dtype)
-        model.version_hash = manifest.version_hash
-        log.info("model.loaded", checkpoint=str(directory), version=manifest.version_hash)
-        return model.eval()
-
-    def save_pretrained(self, directory: str | Path, *, include_base: bool | None = None) -> str:
-        """Write a checkpoint directory (which must not exist, or be empty); return its version
-        hash. ``include_base`` None copies the base weights unless they came unchanged from a
-        base directory and the MLLM is frozen, in which case the manifest refers to that
-        directory."""
-        if self.processor is None:
-            raise ValueError("this model has no processor (built without weights): cannot save")
-        if include_base is None:
-            include_base = self.base_reference is None or "mllm" not in self._frozen
-        directory = Path(directory)
-        with staging_directory(directory) as staging:
-            self.config.to_json_file(staging / CONFIG_NAME)
-            if not self.config.baseline:
-                save_module(self.unet, staging / UNET_WEIGHTS)
-                save_module(self._fusion_parts(), staging / FUSION_WEIGHTS)
-            self.processor.save_pretrained(staging / PROCESSOR_DIR)
-            if include_base:
-                self.base.save_pretrained(staging / BASE_DIR)
-            version = write_manifest(
-                staging, base_reference=None if include_base else self.base_reference
-            )
-        log.info("model.saved", checkpoint=str(directory), version=version, base=include_base)
-        return version
-
-    def _fusion_parts(self) -> nn.ModuleDict:
-        # A view for fusion.safetensors; not registered, so the model's own keys do not change.
-        return nn.ModuleDict(
-            {"projection": self.projection, "fusion": self.fusion, "film": self.film}
-        )
+    # Loading and saving directories (pretrained.py): transformers' method names, bound here.
+    from_base = classmethod(pretrained.from_base)
+    from_pretrained = classmethod(pretrained.from_pretrained)
+    save_pretrained = pretrained.save_pretrained
 
     # ---------------------------------------------------------------- freezing and groups
     def _component_modules(self, name: str) -> list[nn.Module]:

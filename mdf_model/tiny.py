@@ -20,7 +20,8 @@ from transformers import MllamaForConditionalGeneration, MllamaImageProcessor, M
 from transformers.models.mllama.modeling_mllama import MllamaCrossAttentionDecoderLayer
 
 from mdf_model.configuration import TINY_VOCAB_SIZE, MDFConfig
-from mdf_model.modeling import MDFModel, mllama_config, seeded
+from mdf_model.modeling import MDFModel
+from mdf_model.pretrained import seeded
 from mdf_model.tokenizer import IMAGE_TOKEN, build_tiny_tokenizer
 
 __all__ = ["build_offline_processor", "build_tiny_base", "build_tiny_checkpoint"]
@@ -59,7 +60,7 @@ def build_tiny_base(
     if ids != expected or tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) != TINY_VOCAB_SIZE:
         raise RuntimeError("the tiny tokenizer's special token ids do not match the tiny preset")
     with seeded(seed):
-        base = MllamaForConditionalGeneration(mllama_config(config))
+        base = MllamaForConditionalGeneration(config.mllama_config())
     with torch.no_grad():
         for layer in base.model.language_model.layers:
             if isinstance(layer, MllamaCrossAttentionDecoderLayer):

@@ -20,6 +20,7 @@ from pathlib import Path
 import segmentation_models_pytorch as smp
 import torch
 from safetensors.torch import load_file
+from segmentation_models_pytorch.encoders.resnet import ResNetEncoder
 from torch import nn
 
 from mdf_model.checkpoint import CheckpointError
@@ -31,7 +32,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def load_encoder_weights(encoder: nn.Module, path: Path) -> None:
+def load_encoder_weights(encoder: ResNetEncoder, path: Path) -> None:
     """Load ResNet50 encoder weights (safetensors or a torch state dict) strictly from a file."""
     if not path.is_file():
         raise CheckpointError(f"{path}: U-Net encoder weight file not found")
@@ -40,8 +41,8 @@ def load_encoder_weights(encoder: nn.Module, path: Path) -> None:
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        # torchvision ResNet50 files carry the classifier head, which the encoder drops.
-        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        # torchvision ResNet50 files carry the classifier head, which smp's encoder
+        # load_state_dict drops (fc.weight, fc.bias) before loading the rest strictly.
         encoder.load_state_dict(state, strict=True)
     except (RuntimeError, OSError, ValueError) as error:
         raise CheckpointError(f"{path}: not usable as ResNet50 encoder weights: {error}") from error

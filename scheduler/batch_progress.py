@@ -13,12 +13,9 @@ from typing import TextIO
 
 import structlog
 
-from db.models import ImageStatus
+from db.lifecycle import PENDING, ImageStatus
 
 log = structlog.get_logger(__name__)
-
-PENDING = (ImageStatus.REGISTERED, ImageStatus.QUEUED, ImageStatus.PROCESSING)
-FINISHED = (ImageStatus.DONE, ImageStatus.REJECTED, ImageStatus.FAILED)
 
 
 def count(counts: dict[str, int], statuses: Iterable[ImageStatus]) -> int:

@@ -1,16 +1,14 @@
-"""The scheduler's commands: ``ingest``, ``run-batch``, ``scheduler``, ``requeue``, and for
-analysts ``status``, ``results`` and ``report``."""
+"""The scheduler's commands: ``ingest``, ``run-batch``, ``scheduler`` and ``requeue``."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
-from mdf.analysis.export import FORMATS, parse_since
-from mdf.settings import get_settings
+from mdf.errors import CommandError
+from mdf.settings import Settings
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -58,41 +56,17 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     requeue.set_defaults(handler=_requeue)
 
-    results = subparsers.add_parser("results", help="per-image results (the study_results view)")
-    results.add_argument("--batch", metavar="NAME")
-    results.add_argument(
-        "--since",
-        type=parse_since,
-        metavar="DATE",
-        help="images registered (delivered) at or after this ISO date or time; UTC by default",
-    )
-    results.add_argument("--label", help="only images whose latest prediction has this label")
-    results.add_argument("--limit", type=int, metavar="N", help="at most N rows")
-    results.add_argument(
-        "--format", choices=FORMATS, default="table", help="table (default) shows fewer columns"
-    )
-    results.add_argument(
-        "--out", type=Path, metavar="FILE", help="instead of stdout (parquet needs one)"
-    )
-    results.set_defaults(handler=_results)
 
-    report = subparsers.add_parser("report", help="a self-contained HTML report of one batch")
-    report.add_argument("batch", metavar="BATCH")
-    report.add_argument(
-        "--out", type=Path, metavar="FILE", help="default: MDF_DATA_DIR/reports/BATCH.html"
-    )
-    report.set_defaults(handler=_report)
-
-    status = subparsers.add_parser("status", help="image counts per batch and status")
-    status.add_argument("--batch")
-    status.add_argument("--json", action="store_true")
-    status.set_defaults(handler=_status)
+def _delivered_folder(path: Path) -> Path:
+    if not path.is_dir():
+        raise CommandError(f"{path} is not a folder")
+    return path
 
 
-def _ingest(args: argparse.Namespace) -> int:
+def _ingest(args: argparse.Namespace, settings: Settings) -> int:
     from scheduler.service import Scheduler
 
-    report, queued = Scheduler(get_settings()).ingest(args.path, args.batch)
+    report, queued = Scheduler(settings).ingest(_delivered_folder(args.path), args.batch)
     if args.json:
         print(json.dumps({**vars(report), "queued": queued}, indent=2))
     else:
@@ -106,35 +80,29 @@ def _ingest(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_batch(args: argparse.Namespace) -> int:
+def _run_batch(args: argparse.Namespace, settings: Settings) -> int:
     from scheduler.run_batch import BatchRun
 
-    if not args.path.is_dir():
-        print(f"mdf run-batch: {args.path} is not a folder", file=sys.stderr)
-        return 2
+    folder = _delivered_folder(args.path)
     if args.model is not None:
-        os.environ["MDF_MODEL_DIR"] = str(args.model)
-        get_settings.cache_clear()
+        settings = settings.model_copy(update={"model_dir": args.model})
     terminal = sys.stderr if sys.stderr.isatty() else None
     try:
-        run = BatchRun(
-            get_settings(), workers=args.workers, timeout_s=args.timeout, terminal=terminal
-        )
+        run = BatchRun(settings, workers=args.workers, timeout_s=args.timeout, terminal=terminal)
     except ValueError as error:
-        print(f"mdf run-batch: {error}", file=sys.stderr)
-        return 2
-    outcome = run.run(args.path, args.batch)
+        raise CommandError(str(error)) from error
+    outcome = run.run(folder, args.batch)
     print(outcome.summary.render())
     if outcome.failure is not None:
         print(f"mdf run-batch: {outcome.failure}", file=sys.stderr)
     return outcome.exit_code
 
 
-def _scheduler(args: argparse.Namespace) -> int:
+def _scheduler(args: argparse.Namespace, settings: Settings) -> int:
     import scheduler.tasks  # noqa: F401  (registers the tasks this process serves)
     from mdf.celery_app import INTAKE_QUEUE, create_app
 
-    app = create_app(get_settings())
+    app = create_app(settings)
     app.worker_main(
         [
             "worker",
@@ -150,51 +118,9 @@ def _scheduler(args: argparse.Namespace) -> int:
     return 0
 
 
-def _requeue(args: argparse.Namespace) -> int:
+def _requeue(args: argparse.Namespace, settings: Settings) -> int:
     from scheduler.service import Scheduler
 
-    requeued, failed = Scheduler(get_settings()).requeue(args.older_than)
+    requeued, failed = Scheduler(settings).requeue(args.older_than)
     print(f"{requeued} images re-sent, {failed} marked failed after too many attempts")
-    return 0
-
-
-def _status(args: argparse.Namespace) -> int:
-    from scheduler.service import Scheduler
-
-    counts = Scheduler(get_settings()).status_counts(args.batch)
-    if args.json:
-        print(json.dumps(counts, indent=2))
-        return 0
-    statuses = ["registered", "queued", "processing", "done", "rejected", "failed"]
-    width = max([len("batch"), *map(len, counts)])
-    print(f"{'batch':<{width}}  " + "  ".join(f"{s:>10}" for s in statuses))
-    for name, row in counts.items():
-        print(f"{name:<{width}}  " + "  ".join(f"{row[s]:>10}" for s in statuses))
-    return 0
-
-
-def _results(args: argparse.Namespace) -> int:
-    from db.session import session_factory
-    from mdf.analysis.export import Filters, export, fetch
-
-    filters = Filters(batch=args.batch, since=args.since, label=args.label, limit=args.limit)
-    with session_factory(get_settings().resolved_database_url)() as session:
-        rows = fetch(session, filters)
-    try:
-        export(rows, args.format, args.out, sys.stdout)
-    except ValueError as error:
-        print(f"mdf results: {error}", file=sys.stderr)
-        return 2
-    return 0
-
-
-def _report(args: argparse.Namespace) -> int:
-    from mdf.analysis.report import UnknownBatch, write_report
-
-    try:
-        path = write_report(get_settings(), args.batch, args.out)
-    except UnknownBatch as error:
-        print(f"mdf report: {error}", file=sys.stderr)
-        return 2
-    print(path)
     return 0

@@ -1,24 +1,22 @@
 """Putting registered images on the ``inference`` queue, and recovering lost work.
 
 The database is the source of truth, the queue only a delivery mechanism: an
-image is marked ``queued`` in the same transaction that decides to send it, and
-``requeue`` re-sends whatever has sat in ``queued`` or ``processing`` too long (a
-restarted Redis, a killed worker). Sending by task name keeps the model out of
-the scheduler. Workers write predictions idempotently, so a duplicate delivery
-costs time, never a second result.
+image is marked ``queued`` (``db.lifecycle``) in the same transaction that decides
+to send it, and ``requeue`` re-sends whatever has sat in ``queued`` or
+``processing`` too long (a restarted Redis, a killed worker). Sending by task name
+keeps the model out of the scheduler. Workers write predictions idempotently, so a
+duplicate delivery costs time, never a second result.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import timedelta
 
 import structlog
 from celery import Celery
-from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.models import Image, ImageStatus, gave_up, utcnow
+from db import lifecycle
 from mdf.celery_app import CLASSIFY_CHUNK
 
 log = structlog.get_logger(__name__)
@@ -35,26 +33,12 @@ def send_chunks(app: Celery, image_ids: Sequence[int], chunk_size: int) -> int:
     return tasks
 
 
-def _mark_queued(session: Session, image_ids: Sequence[int]) -> None:
-    now = utcnow()
-    for start in range(0, len(image_ids), 1000):
-        session.execute(
-            update(Image)
-            .where(Image.id.in_(image_ids[start : start + 1000]))
-            .values(status=ImageStatus.QUEUED, queued_at=now, status_changed_at=now)
-        )
-
-
 def enqueue_registered(
     app: Celery, sessions: sessionmaker[Session], chunk_size: int, batch_id: int | None = None
 ) -> int:
     """Queue every ``registered`` image (of one batch, or all); returns how many."""
     with sessions.begin() as session:
-        query = select(Image.id).where(Image.status == ImageStatus.REGISTERED).order_by(Image.id)
-        if batch_id is not None:
-            query = query.where(Image.batch_id == batch_id)
-        image_ids = list(session.scalars(query.with_for_update(skip_locked=True)))
-        _mark_queued(session, image_ids)
+        image_ids = lifecycle.queue_registered(session, batch_id)
     tasks = send_chunks(app, image_ids, chunk_size)
     log.info("images_enqueued", images=len(image_ids), tasks=tasks, batch_id=batch_id)
     return len(image_ids)
@@ -75,24 +59,10 @@ def requeue_stalled(
     ``max_attempts`` times without finishing is marked ``failed``: it is most likely
     what kills its worker, and the rest of the batch must go on.
     """
-    cutoff = utcnow() - timedelta(seconds=older_than_s)
-    stalled = (Image.status.in_([ImageStatus.QUEUED, ImageStatus.PROCESSING])) & (
-        Image.status_changed_at <= cutoff
-    )
     with sessions.begin() as session:
-        rows = session.execute(
-            select(Image.id, Image.attempts)
-            .where(stalled | (Image.status == ImageStatus.REGISTERED))
-            .order_by(Image.id)
-            .with_for_update(skip_locked=True)
-        ).all()
-        give_up = [image_id for image_id, attempts in rows if attempts >= max_attempts]
-        retry = [image_id for image_id, attempts in rows if attempts < max_attempts]
-        if give_up:
-            session.execute(
-                update(Image).where(Image.id.in_(give_up)).values(gave_up(max_attempts))
-            )
-        _mark_queued(session, retry)
+        retry, failed = lifecycle.requeue_stalled(
+            session, older_than_s=older_than_s, max_attempts=max_attempts
+        )
     send_chunks(app, retry, chunk_size)
-    log.info("stalled_requeued", requeued=len(retry), failed=len(give_up))
-    return len(retry), len(give_up)
+    log.info("stalled_requeued", requeued=len(retry), failed=len(failed))
+    return len(retry), len(failed)

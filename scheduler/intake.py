@@ -25,7 +25,9 @@ import structlog
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.models import Batch, Image, ImagePath, ImageStatus, Study, utcnow
+from db import lifecycle
+from db.lifecycle import ImageStatus, ReasonCode
+from db.models import Batch, Image, ImagePath, Study, utcnow
 from mdf.imaging import ProbedFile, Rejection, probe
 from mdf.settings import Settings
 from scheduler.manifest import (
@@ -52,7 +54,7 @@ class Examined:
     size: int
     mtime_ns: int
     probed: ProbedFile | None = None
-    code: str | None = None
+    code: ReasonCode | None = None
     reason: str | None = None
 
 
@@ -67,7 +69,7 @@ class IngestReport:
     rejected: int = 0
     rejected_by_code: dict[str, int] = field(default_factory=dict)
 
-    def count(self, rejection: str | None) -> None:
+    def count(self, rejection: ReasonCode | None) -> None:
         """Count one new image, or one rejection with its code."""
         if rejection is None:
             self.images += 1
@@ -96,7 +98,12 @@ def examine(path: Path, max_pixels: int, min_side: int) -> Examined:
     except OSError as error:
         marker = hashlib.sha256(f"unreadable:{path}".encode()).hexdigest()
         return Examined(
-            path, marker, 0, 0, code="unreadable", reason=f"cannot read: {error.strerror}"
+            path,
+            marker,
+            0,
+            0,
+            code=ReasonCode.UNREADABLE,
+            reason=f"cannot read: {error.strerror}",
         )
     try:
         probed = probe(path, max_pixels=max_pixels, min_side=min_side, data=data)
@@ -182,30 +189,22 @@ class Registrar:
                 report.count(row.code)
 
     def _row(self, item: Examined, frame: int) -> dict[str, Any]:
-        now = utcnow()
         row: dict[str, Any] = {
             "batch_id": self.batch_id,
             "sha256": item.sha256,
             "frame": frame,
             "source_path": str(item.path),
             "size_bytes": item.size,
-            "registered_at": now,
-            "status_changed_at": now,
         }
         probed = item.probed
         if probed is None:
+            assert item.code is not None and item.reason is not None
             # Not the path: folder and file names often carry a patient's name or ID. The
             # content hash finds the row, whose source_path stays inside the database.
             log.info("file_rejected", sha256=item.sha256[:16], code=item.code, reason=item.reason)
-            return row | {
-                "status": ImageStatus.REJECTED,
-                "reason_code": item.code,
-                "reason": item.reason,
-                "finished_at": now,
-            }
+            return row | lifecycle.rejected(item.code, item.reason)
         size = next(p for p in probed.images if p.frame == frame)
-        row |= {
-            "status": ImageStatus.REGISTERED,
+        row |= lifecycle.registered() | {
             "file_kind": probed.kind,
             "width": size.width,
             "height": size.height,

@@ -34,12 +34,14 @@ def _terminate_with_parent() -> None:
 
 
 def worker_environment(settings: Settings) -> dict[str, str]:
-    """This process's environment, pinned to the same data dir, database, broker and model."""
+    """This process's environment, pinned to the settings it was given: flags and per-command
+    overrides never reach ``os.environ``, so a child learns them here."""
     env = {
         **os.environ,
         "MDF_DATA_DIR": str(settings.data_dir.resolve()),
         "MDF_DATABASE_URL": settings.resolved_database_url,
         "MDF_BROKER_URL": broker_url(settings),
+        "MDF_LOG_FORMAT": settings.log_format,
     }
     if settings.model_dir is not None:
         env["MDF_MODEL_DIR"] = str(settings.model_dir.resolve())

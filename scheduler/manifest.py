@@ -12,6 +12,8 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
+from db.lifecycle import ReasonCode
+
 MANIFEST_NAME = "manifest.csv"
 COLUMNS = ("file", "patient_id", "study_id", "laterality", "clinical_text", "label", "source")
 
@@ -31,7 +33,7 @@ class BadRow:
     manifest: Path
     line: int
     file: str
-    code: str
+    code: ReasonCode
     reason: str
 
 
@@ -50,31 +52,22 @@ def read_manifest(path: Path, inbox: Path) -> tuple[dict[Path, ManifestRow], lis
     with path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         if reader.fieldnames is None or "file" not in reader.fieldnames:
-            return rows, [BadRow(path, 1, "", "bad_manifest", "manifest has no 'file' column")]
+            return rows, [
+                BadRow(path, 1, "", ReasonCode.BAD_MANIFEST, "manifest has no 'file' column")
+            ]
         for line, record in enumerate(reader, start=2):
             name = (record.get("file") or "").strip()
-            if not name:
-                bad.append(BadRow(path, line, name, "bad_manifest", "manifest row names no file"))
-                continue
             target = (path.parent / name).resolve()
-            if not target.is_relative_to(root):
-                bad.append(
-                    BadRow(
-                        path, line, name, "outside_inbox", "manifest names a path outside the inbox"
-                    )
-                )
+            if not name:
+                problem = (ReasonCode.BAD_MANIFEST, "manifest row names no file")
+            elif not target.is_relative_to(root):
+                problem = (ReasonCode.OUTSIDE_INBOX, "manifest names a path outside the inbox")
             elif not target.is_file():
-                bad.append(
-                    BadRow(
-                        path,
-                        line,
-                        name,
-                        "missing_file",
-                        "manifest names a file that does not exist",
-                    )
-                )
+                problem = (ReasonCode.MISSING_FILE, "manifest names a file that does not exist")
             else:
                 rows[target] = ManifestRow(
                     **{column: (record.get(column) or "").strip() or None for column in COLUMNS[1:]}
                 )
+                continue
+            bad.append(BadRow(path, line, name, *problem))
     return rows, bad

@@ -17,10 +17,10 @@ from typing import TextIO
 import structlog
 from celery import Celery
 
-from db.models import ImageStatus
+from db.lifecycle import FINISHED, PENDING, status_counts
 from mdf.celery_app import INFERENCE_QUEUE
 from mdf.settings import Settings
-from scheduler.batch_progress import FINISHED, PENDING, Progress, ProgressDisplay, count
+from scheduler.batch_progress import Progress, ProgressDisplay, count
 from scheduler.batch_summary import Summary, summarise
 from scheduler.local_workers import LocalWorkers
 from scheduler.service import Scheduler
@@ -81,7 +81,7 @@ class BatchRun:
         local: LocalWorkers | None = None
         structlog.contextvars.bind_contextvars(batch=report.batch)
         try:
-            if count(self._counts(report.batch), PENDING):
+            if count(self._counts(report.batch_id), PENDING):
                 fleet = serving_workers(self.scheduler.app)
                 if fleet:
                     log.info("fleet_serving", workers=fleet)
@@ -90,7 +90,7 @@ class BatchRun:
                     local = LocalWorkers(self.workers, self.settings, name=report.batch)
                     local.start()  # assigned first: a Ctrl-C half-way still stops those started
                     who = f"{self.workers} local worker(s), logs in {local.log_dir}"
-            failure = self._wait(report.batch, began, local, display)
+            failure = self._wait(report.batch_id, began, local, display)
         except KeyboardInterrupt:
             display.close()
             failure, exit_code = "interrupted", EXIT_INTERRUPTED
@@ -98,7 +98,7 @@ class BatchRun:
             if local is not None:
                 local.stop()
             structlog.contextvars.unbind_contextvars("batch")
-        counts = self._counts(report.batch)
+        counts = self._counts(report.batch_id)
         with self.scheduler.sessions() as session:
             summary = summarise(
                 session,
@@ -115,22 +115,22 @@ class BatchRun:
             exit_code = EXIT_FAILED
         return Outcome(summary, failure, exit_code)
 
-    def _counts(self, batch: str) -> dict[str, int]:
+    def _counts(self, batch_id: int) -> dict[str, int]:
         """Images of the batch per status, every status present."""
-        counts = self.scheduler.status_counts(batch).get(batch)
-        return counts or {status.value: 0 for status in ImageStatus}
+        with self.scheduler.sessions() as session:
+            return status_counts(session, batch_id)
 
     def _wait(
-        self, batch: str, began: float, local: LocalWorkers | None, display: ProgressDisplay
+        self, batch_id: int, began: float, local: LocalWorkers | None, display: ProgressDisplay
     ) -> str | None:
         """Poll until nothing of the batch is pending; the reason it stopped early, if it did."""
         start = time.monotonic()
-        last = self._counts(batch)
+        last = self._counts(batch_id)
         finished_before, moved_at = count(last, FINISHED), start
         while True:
             # Exits are read before the counts, so work written before an exit is counted.
             exit_codes = local.exit_codes() if local is not None else None
-            counts = self._counts(batch)
+            counts = self._counts(batch_id)
             now = time.monotonic()
             progress = Progress(counts, count(counts, FINISHED) - finished_before, now - start)
             if not progress.pending:

@@ -6,10 +6,8 @@ from pathlib import Path
 
 import structlog
 from celery import Celery
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.models import Batch, Image, ImageStatus
 from db.session import session_factory
 from mdf.celery_app import create_app
 from mdf.settings import Settings
@@ -59,20 +57,3 @@ class Scheduler:
             older_than_s=self.settings.requeue_after_s if older_than_s is None else older_than_s,
             max_attempts=self.settings.max_attempts,
         )
-
-    def status_counts(self, batch_name: str | None = None) -> dict[str, dict[str, int]]:
-        """Image counts per batch and status (every status present, zeros included)."""
-        query = (
-            select(Batch.name, Image.status, func.count(Image.id))
-            .join(Image, Image.batch_id == Batch.id)
-            .group_by(Batch.name, Image.status)
-            .order_by(Batch.name)
-        )
-        if batch_name is not None:
-            query = query.where(Batch.name == batch_name)
-        counts: dict[str, dict[str, int]] = {}
-        with self.sessions() as session:
-            for name, status, count in session.execute(query):
-                row = counts.setdefault(name, {s.value: 0 for s in ImageStatus})
-                row[ImageStatus(status).value] = count
-        return counts

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-from celery import current_app, shared_task
+from celery import Task, shared_task
 
-from mdf.celery_app import REQUEUE_STALLED, SCAN_INBOXES
-from mdf.settings import get_settings
+from mdf.celery_app import REQUEUE_STALLED, SCAN_INBOXES, app_settings
 from scheduler.service import Scheduler
 
 
-@shared_task(name=SCAN_INBOXES)
-def scan_inboxes() -> int:
-    return sum(report.files for report in Scheduler(get_settings(), app=current_app).scan_inboxes())
+def _scheduler(task: Task) -> Scheduler:
+    """The scheduler of the app that runs ``task``, with that app's settings."""
+    return Scheduler(app_settings(task.app), app=task.app)
 
 
-@shared_task(name=REQUEUE_STALLED)
-def requeue_stalled() -> int:
-    return Scheduler(get_settings(), app=current_app).requeue()[0]
+@shared_task(bind=True, name=SCAN_INBOXES)
+def scan_inboxes(self: Task) -> int:
+    return sum(report.files for report in _scheduler(self).scan_inboxes())
+
+
+@shared_task(bind=True, name=REQUEUE_STALLED)
+def requeue_stalled(self: Task) -> int:
+    return _scheduler(self).requeue()[0]

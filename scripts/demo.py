@@ -35,8 +35,9 @@ from db.session import session_factory
 from mdf.broker import stop_embedded_redis
 
 REPO = Path(__file__).resolve().parents[1]
-#: The packages a trained checkpoint depends on, besides pyproject.toml and the parameters.
-MODEL_PACKAGES = ("mdf_model", "training")
+#: The packages a trained checkpoint depends on, besides pyproject.toml and the parameters
+#: (``mdf synth`` draws the labelled history with mdf.synthetic).
+MODEL_PACKAGES = ("mdf_model", "training", "mdf.synthetic")
 NIGHT_BATCH = "demo-night"
 
 

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 
 from db.cli import upgrade
 from mdf.broker import ensure_embedded_redis, stop_embedded_redis
-from mdf.settings import Settings, get_settings
+from mdf.settings import Settings
 
 LOCAL_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
@@ -126,8 +126,7 @@ def settings(
     }
     for name, value in values.items():
         monkeypatch.setenv(name, value)
-    get_settings.cache_clear()
-    return get_settings()
+    return Settings()
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
 """Run the ``mdf`` command inside the test's process, and leave the process as it was.
 
 ``mdf.cli.main`` points logging at the current stderr, which pytest captures and then
-closes, and caches settings read from the test's environment: both are put back.
+closes: the logging configuration is put back.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import pytest
 import structlog
 
 from mdf.cli import main
-from mdf.settings import get_settings
 
 
 class Mdf(Protocol):
@@ -40,4 +39,3 @@ def mdf_command(capsys: pytest.CaptureFixture[str]) -> Iterator[Mdf]:
         structlog.configure(**config)
         root.handlers[:] = handlers
         root.setLevel(level)
-        get_settings.cache_clear()

@@ -1,4 +1,4 @@
-"""``mdf synth``, ``mdf labels import``, ``mdf models``, ``mdf promote``, ``mdf rollback``."""
+"""``mdf labels import``, ``mdf train``, ``mdf models``, ``mdf promote``, ``mdf rollback``."""
 
 from __future__ import annotations
 
@@ -6,31 +6,13 @@ import argparse
 import json
 from pathlib import Path
 
-from mdf.settings import get_settings
+from sqlalchemy.orm import Session, sessionmaker
+
+from mdf.errors import CommandError
+from mdf.settings import Settings
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    synth = subparsers.add_parser("synth", help="write synthetic fundus images as a site would")
-    synth.add_argument("directory", type=Path)
-    synth.add_argument("-n", "--images", type=int, default=32)
-    synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--size", type=int, default=512)
-    synth.add_argument("--dicom-fraction", type=float, default=0.5)
-    synth.add_argument("--sources", default="synthetic", help="comma-separated source names")
-    synth.add_argument(
-        "--confound",
-        type=float,
-        default=0.0,
-        help="fraction of patients whose source follows label",
-    )
-    synth.add_argument(
-        "--with-text", type=float, default=1.0, help="fraction of patients with clinical text"
-    )
-    synth.add_argument(
-        "--bad-files", action="store_true", help="add files intake must reject, under misc/"
-    )
-    synth.set_defaults(handler=_synth)
-
     labels = subparsers.add_parser("labels", help="ground-truth labels").add_subparsers(
         dest="labels_command", required=True
     )
@@ -62,38 +44,21 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     rollback.set_defaults(handler=_rollback)
 
 
-def _sessions():
+def _sessions(settings: Settings) -> sessionmaker[Session]:
     from db.session import session_factory
 
-    return session_factory(get_settings().resolved_database_url)
+    return session_factory(settings.resolved_database_url)
 
 
-def _synth(args: argparse.Namespace) -> int:
-    from mdf.synthetic.fundus import write_dataset
+def _train(args: argparse.Namespace, settings: Settings) -> int:
+    import yaml
 
-    out = write_dataset(
-        args.directory,
-        args.images,
-        seed=args.seed,
-        size=args.size,
-        dicom_fraction=args.dicom_fraction,
-        sources=tuple(s.strip() for s in args.sources.split(",") if s.strip()),
-        confound=args.confound,
-        with_text=args.with_text,
-    )
-    print(f"{args.images} images in {out}, masks and labels in {out}-masks/masks.csv")
-    if args.bad_files:
-        from mdf.synthetic.bad_files import write_bad_files
-
-        bad = write_bad_files(out, size=args.size, seed=args.seed)
-        print(f"{len(bad)} files intake must reject in {out / 'misc'}")
-    return 0
-
-
-def _train(args: argparse.Namespace) -> int:
     from training.config import TrainConfig
 
-    config = TrainConfig.from_file(args.config) if args.config else TrainConfig()
+    try:
+        config = TrainConfig.from_file(args.config) if args.config else TrainConfig()
+    except (OSError, ValueError, yaml.YAMLError) as error:
+        raise CommandError(f"{args.config}: {error}") from error
     if args.epochs is not None:
         config = config.model_copy(update={"epochs": args.epochs})
     if args.dry_run:
@@ -103,7 +68,10 @@ def _train(args: argparse.Namespace) -> int:
         return 0
     from training.run import train_and_evaluate
 
-    result = train_and_evaluate(config, get_settings())
+    try:
+        result = train_and_evaluate(config, settings)
+    except ValueError as error:  # nothing to fine-tune, too few labels: the run says why
+        raise CommandError(str(error)) from error
     print(f"run {result.run_id}: version {result.version} in {result.seconds:.0f} s")
     for name, scores in result.metrics.items():
         print(f"  {name:<28} accuracy {scores['accuracy']:.3f}  macro F1 {scores['macro_f1']:.3f}")
@@ -112,22 +80,25 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _labels_import(args: argparse.Namespace) -> int:
+def _labels_import(args: argparse.Namespace, settings: Settings) -> int:
     from training.labels import import_labels
 
-    report = import_labels(args.file, _sessions())
+    try:
+        report = import_labels(args.file, _sessions(settings))
+    except (OSError, ValueError) as error:  # no such file, or not a labels CSV
+        raise CommandError(str(error)) from error
     print(f"{report.rows} rows, {report.images} images labelled, {len(report.unmatched)} unmatched")
     for line in report.unmatched:
         print(f"  {line}")
     return 0 if not report.unmatched else 1
 
 
-def _models(args: argparse.Namespace) -> int:
+def _models(args: argparse.Namespace, settings: Settings) -> int:
     from sqlalchemy import select
 
     from db.models import ModelVersion
 
-    with _sessions()() as session:
+    with _sessions(settings)() as session:
         versions = session.scalars(select(ModelVersion).order_by(ModelVersion.id)).all()
         rows = [
             {
@@ -151,28 +122,33 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _promote(args: argparse.Namespace) -> int:
+def _promote(args: argparse.Namespace, settings: Settings) -> int:
     from sqlalchemy import select
 
     from db.model_versions import promote
     from db.models import ModelVersion
 
-    with _sessions().begin() as session:
+    with _sessions(settings).begin() as session:
         version = session.scalar(select(ModelVersion).where(ModelVersion.name == args.version))
         if version is None:
-            print(f"no model version named {args.version!r}; see `mdf models`")
-            return 2
-        promote(session, version, reason=args.reason)
+            raise CommandError(f"no model version named {args.version!r}; see `mdf models`")
+        try:
+            promote(session, version, reason=args.reason)
+        except ValueError as error:  # already promoted
+            raise CommandError(str(error)) from error
     print(f"promoted {args.version}")
     return 0
 
 
-def _rollback(args: argparse.Namespace) -> int:
+def _rollback(args: argparse.Namespace, settings: Settings) -> int:
     from db.model_versions import rollback
     from db.models import ModelVersion
 
-    with _sessions().begin() as session:
-        record = rollback(session, reason=args.reason)
+    with _sessions(settings).begin() as session:
+        try:
+            record = rollback(session, reason=args.reason)
+        except ValueError as error:  # nothing promoted, or nothing before it
+            raise CommandError(str(error)) from error
         name = session.get_one(ModelVersion, record.model_version_id).name
     print(f"rolled back to {name}")
     return 0

@@ -169,7 +169,7 @@ class Runner:
         self, run_id: int, start: Path, champion: Champion | None
     ) -> RunResult:
         config = self.config
-        from mdf_model.modeling import read_config
+        from mdf_model.pretrained import read_config
 
         labels = read_config(start).labels  # the model itself loads once, in train_on
         examples = labelled_examples(self.sessions, labels, limit=config.max_images)

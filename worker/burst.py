@@ -19,11 +19,10 @@ from celery import Celery
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.models import Image, ImageStatus
+from db.lifecycle import PENDING
+from db.models import Image
 
 log = structlog.get_logger(__name__)
-
-PENDING = (ImageStatus.REGISTERED, ImageStatus.QUEUED, ImageStatus.PROCESSING)
 
 
 def pending_images(sessions: sessionmaker[Session]) -> int:

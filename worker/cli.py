@@ -1,21 +1,27 @@
-"""``mdf worker`` (one process per GPU) and ``mdf ping`` (a container's health check)."""
+"""``mdf worker`` (one process per GPU), ``mdf ping`` (a container's health check) and
+``mdf classify`` (files classified directly, decoded as the workers decode them)."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import socket
-import sys
+from pathlib import Path
+from typing import Any
 
 import structlog
 
-from mdf.settings import get_settings
+from mdf.errors import CommandError
+from mdf.settings import Settings
 
 log = structlog.get_logger(__name__)
 
 #: The task module each queue's worker imports; ``intake`` is served by ``mdf scheduler``.
 TASK_MODULES = {"inference": "worker.tasks", "training": "training.tasks"}
+
+EXIT_SOME_FAILED = 1
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -44,23 +50,34 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     ping.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS")
     ping.set_defaults(handler=_ping)
 
+    classify = subparsers.add_parser(
+        "classify", help="classify image files (JPEG, PNG, TIFF, DICOM) with a checkpoint"
+    )
+    classify.add_argument("checkpoint", type=Path, help="checkpoint directory")
+    classify.add_argument(
+        "files", nargs="+", type=Path, help="image files, as a site delivers them (first frame)"
+    )
+    classify.add_argument("--clinical", help="clinical text for every image")
+    classify.add_argument("--device", default="cpu")
+    classify.add_argument("--batch-size", type=int, default=8)
+    classify.add_argument("--max-new-tokens", type=int, default=16)
+    classify.add_argument("--no-text", action="store_true", help="label scores only, no text")
+    classify.add_argument("--json", action="store_true", help="a JSON list, one entry per file")
+    classify.set_defaults(handler=_classify)
 
-def _worker(args: argparse.Namespace) -> int:
+
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
     from celery.signals import worker_ready
 
     from db.session import session_factory
     from mdf.celery_app import INFERENCE_QUEUE, create_app
 
     if args.device:
-        os.environ["MDF_DEVICE"] = args.device
-        get_settings.cache_clear()
-    settings = get_settings()
+        settings = settings.model_copy(update={"device": args.device})
     queues = [queue.strip() for queue in args.queues.split(",") if queue.strip()]
     unknown = sorted(set(queues) - TASK_MODULES.keys())
     if not queues or unknown:
-        choices = ", ".join(TASK_MODULES)
-        print(f"mdf worker: unknown queue(s) {unknown}; choose from {choices}", file=sys.stderr)
-        return 2
+        raise CommandError(f"unknown queue(s) {unknown}; choose from {', '.join(TASK_MODULES)}")
     gpu_lock = None  # held open for the life of this process
     if settings.device == "auto":
         import torch
@@ -72,20 +89,11 @@ def _worker(args: argparse.Namespace) -> int:
                 "auto", settings.data_dir / "gpus", torch.cuda.device_count()
             )
         except NoFreeDevice as error:
-            print(f"mdf worker: {error}", file=sys.stderr)
-            return 2
-        os.environ["MDF_DEVICE"] = device
-        get_settings.cache_clear()
-        settings = get_settings()
+            raise CommandError(str(error)) from error
+        settings = settings.model_copy(update={"device": device})
         log.info("device_claimed", device=device)
     for queue in queues:
-        try:
-            importlib.import_module(TASK_MODULES[queue])
-        except ModuleNotFoundError as error:
-            if error.name != TASK_MODULES[queue]:
-                raise
-            print(f"mdf worker: no tasks for queue {queue}: {error}", file=sys.stderr)
-            return 2
+        importlib.import_module(TASK_MODULES[queue])
     if INFERENCE_QUEUE in queues:
         # Load the model now, in the process that serves it (the solo pool never forks):
         # a worker without a usable model stops here with the reason, not at its first task.
@@ -96,8 +104,7 @@ def _worker(args: argparse.Namespace) -> int:
             server.current()
         except ModelUnavailable as error:
             log.error("model_unavailable", error=str(error))
-            print(f"mdf worker: {error}", file=sys.stderr)
-            return 2
+            raise CommandError(str(error)) from error
 
     app = create_app(settings)
 
@@ -122,12 +129,60 @@ def _worker(args: argparse.Namespace) -> int:
             gpu_lock.close()
 
 
-def _ping(args: argparse.Namespace) -> int:
+def _ping(args: argparse.Namespace, settings: Settings) -> int:
     from mdf.celery_app import create_app
 
     host = socket.gethostname()
     # Only this host's workers are asked (glob on the node name), not the whole fleet.
-    replies = create_app(get_settings()).control.ping(timeout=args.timeout, pattern=f"*@{host}")
+    replies = create_app(settings).control.ping(timeout=args.timeout, pattern=f"*@{host}")
     alive = [name for reply in replies for name in reply if name.endswith(f"@{host}")]
     print(f"answered: {', '.join(alive)}" if alive else f"no worker on {host} answered")
     return 0 if alive else 1
+
+
+def _classify(args: argparse.Namespace, settings: Settings) -> int:
+    """Files decoded by ``load_frame`` as the workers decode them, so a file is refused here
+    with the reason code it would get in a night's batch."""
+    from mdf.imaging import Rejection, load_frame
+    from mdf_model import load_classifier
+
+    try:
+        classifier = load_classifier(args.checkpoint, device=args.device)
+    except ValueError as error:
+        raise CommandError(str(error)) from error
+    entries: dict[Path, dict[str, Any]] = {}
+    prepared = []
+    for path in args.files:
+        try:
+            pixels = load_frame(path, max_pixels=settings.max_image_pixels)
+            prepared.append((path, classifier.prepare(pixels, args.clinical)))
+        except (Rejection, OSError, ValueError) as error:  # Rejection reads "code: reason"
+            entries[path] = {"file": str(path), "error": str(error)}
+    for start in range(0, len(prepared), args.batch_size):
+        chunk = prepared[start : start + args.batch_size]
+        results = classifier.classify_prepared(
+            [item for _, item in chunk],
+            generate_text=not args.no_text,
+            max_new_tokens=args.max_new_tokens,
+        )
+        for (path, _), result in zip(chunk, results, strict=True):
+            entries[path] = {
+                "file": str(path),
+                "label": result.label,
+                "probabilities": result.probabilities,
+                "text": result.text,
+                "text_label": result.text_label,
+                "agrees": result.agrees,
+                "version_hash": classifier.version_hash,
+            }
+    ordered = [entries[path] for path in args.files]
+    if args.json:
+        print(json.dumps(ordered, indent=2))
+    else:
+        for entry in ordered:
+            if "error" in entry:
+                print(f"{entry['file']}: error: {entry['error']}")
+            else:
+                p = entry["probabilities"][entry["label"]]
+                print(f"{entry['file']}: {entry['label']} ({p:.3f}) text={entry['text']!r}")
+    return EXIT_SOME_FAILED if len(prepared) < len(args.files) else 0

@@ -29,11 +29,12 @@ import sqlalchemy.exc
 import structlog
 from sqlalchemy.orm import Session, sessionmaker
 
+from db import lifecycle
+from db.lifecycle import ClaimedImage, Failure, ReasonCode
 from mdf.imaging import Rejection, load_frame
 from mdf.settings import Settings
-from worker.claims import ClaimedImage, Failure, claim_images, mark_failed
 from worker.predictions import PredictionRow, mask_directory, save_mask, write_predictions
-from worker.serving import ModelServer, ServedModel
+from worker.serving import Classification, Classifier, ModelServer, ServedModel
 
 log = structlog.get_logger(__name__)
 
@@ -49,14 +50,14 @@ TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
 @dataclass(frozen=True)
 class Prepared:
     image: ClaimedImage
-    input: Any  # mdf_model.PreparedInput
+    input: Any  # mdf_model.PreparedInput: only handed back to the classifier
     preprocess_ms: float
 
 
 @dataclass(frozen=True)
 class Classified:
     prepared: Prepared
-    result: Any  # mdf_model.ClassificationResult
+    result: Classification
     inference_ms: float
 
 
@@ -79,7 +80,7 @@ class ChunkOutcome:
 
 
 def preprocess(
-    images: Sequence[ClaimedImage], classifier: Any, *, max_pixels: int
+    images: Sequence[ClaimedImage], classifier: Classifier, *, max_pixels: int
 ) -> tuple[list[Prepared], dict[int, Failure]]:
     """Decode and prepare each image; one that fails is set aside with its reason."""
     prepared: list[Prepared] = []
@@ -92,11 +93,15 @@ def preprocess(
         except Rejection as rejection:
             failures[image.id] = Failure(rejection.code, rejection.reason)
         except OSError as error:
-            failures[image.id] = Failure("unreadable", f"cannot read the file: {error.strerror}")
+            failures[image.id] = Failure(
+                ReasonCode.UNREADABLE, f"cannot read the file: {error.strerror}"
+            )
         except ValueError as error:
-            failures[image.id] = Failure("unusable_image", str(error))
+            failures[image.id] = Failure(ReasonCode.UNUSABLE_IMAGE, str(error))
         except Exception as error:
-            failures[image.id] = Failure("preprocess_error", f"{type(error).__name__}: {error}")
+            failures[image.id] = Failure(
+                ReasonCode.PREPROCESS_ERROR, f"{type(error).__name__}: {error}"
+            )
         else:
             elapsed = (time.perf_counter() - start) * 1000
             prepared.append(Prepared(image, model_input, elapsed))
@@ -104,7 +109,7 @@ def preprocess(
 
 
 def classify(
-    classifier: Any, prepared: Sequence[Prepared], *, max_new_tokens: int
+    classifier: Classifier, prepared: Sequence[Prepared], *, max_new_tokens: int
 ) -> tuple[list[Classified], dict[int, Failure]]:
     """One batched forward pass; if it raises, each image alone to find the culprit."""
     if not prepared:
@@ -126,7 +131,9 @@ def classify(
         try:
             (result,) = classifier.classify_prepared([item.input], max_new_tokens=max_new_tokens)
         except Exception as error:
-            failures[item.image.id] = Failure("inference_error", f"{type(error).__name__}: {error}")
+            failures[item.image.id] = Failure(
+                ReasonCode.INFERENCE_ERROR, f"{type(error).__name__}: {error}"
+            )
         else:
             classified.append(Classified(item, result, (time.perf_counter() - start) * 1000))
     return classified, failures
@@ -184,10 +191,12 @@ class Pipeline:
         served = self.server.current()  # between chunks: the hot-reload point
         with structlog.contextvars.bound_contextvars(model_version=served.name):
             with self.sessions.begin() as session:
-                claim = claim_images(session, image_ids, max_attempts=self.max_attempts)
+                claim = lifecycle.claim(session, image_ids, max_attempts=self.max_attempts)
             outcome = ChunkOutcome(served.name, skipped=claim.skipped)
             for image_id in claim.exhausted:
-                log.warning("image_failed", image_id=image_id, reason_code="too_many_attempts")
+                log.warning(
+                    "image_failed", image_id=image_id, reason_code=ReasonCode.TOO_MANY_ATTEMPTS
+                )
             if claim.images:
                 try:
                     self._classify_and_write(served, claim.images, outcome)
@@ -235,7 +244,7 @@ class Pipeline:
             written = write_predictions(
                 session, rows, model_version_id=served.version_id, worker=self.worker
             )
-            mark_failed(session, failures)
+            lifecycle.mark_failed(session, failures)
         write_ms = (time.perf_counter() - start) * 1000
         outcome.written = written
         outcome.duplicates = sorted({row.image_id for row in rows} - set(written))
@@ -248,10 +257,10 @@ class Pipeline:
         self._log_images(images, classified, failures, set(written))
 
     def _fail_all(self, images: list[ClaimedImage], error: Exception) -> None:
-        failure = Failure("worker_error", f"{type(error).__name__}: {error}")
+        failure = Failure(ReasonCode.WORKER_ERROR, f"{type(error).__name__}: {error}")
         log.exception("chunk_failed", images=len(images), error=failure.reason)
         with self.sessions.begin() as session:
-            mark_failed(session, {image.id: failure for image in images})
+            lifecycle.mark_failed(session, {image.id: failure for image in images})
 
     @staticmethod
     def _log_images(

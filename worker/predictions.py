@@ -3,7 +3,7 @@
 Delivery is at-least-once, so two workers (or one worker twice) may finish the same
 image. The unique constraint on predictions decides: the insert skips rows that
 already exist (``ON CONFLICT DO NOTHING``) instead of failing the chunk, and the
-image is marked ``done`` either way. Masks are written before the row that names
+image is marked ``done`` either way (``db.lifecycle``). Masks are written before the row that names
 them, each through a temporary file and a rename, so a reader never sees half a PNG.
 """
 
@@ -19,11 +19,12 @@ from typing import Any
 
 import numpy as np
 from PIL import Image as PILImage
-from sqlalchemy import Insert, update
+from sqlalchemy import Insert
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from db.models import Image, ImageStatus, Prediction, utcnow
+from db import lifecycle
+from db.models import Prediction, utcnow
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -94,16 +95,5 @@ def write_predictions(
         .returning(Prediction.image_id)
     )
     written = sorted(session.scalars(statement).all())
-    session.execute(
-        update(Image)
-        .where(Image.id.in_([row.image_id for row in ordered]), Image.status != ImageStatus.DONE)
-        .values(
-            status=ImageStatus.DONE,
-            reason_code=None,
-            reason=None,
-            finished_at=now,
-            status_changed_at=now,
-        )
-        .execution_options(synchronize_session=False)
-    )
+    lifecycle.mark_done(session, [row.image_id for row in ordered])
     return written

@@ -12,11 +12,12 @@ process; the worker keeps serving what it had rather than stopping the night.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
 import structlog
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -25,7 +26,44 @@ from db.session import session_factory
 
 log = structlog.get_logger(__name__)
 
-Loader = Callable[..., Any]  # load_classifier(path, device=...) -> Classifier
+
+class Classification(Protocol):
+    """One image's answer (``mdf_model.ClassificationResult``)."""
+
+    @property
+    def label(self) -> str: ...
+    @property
+    def probabilities(self) -> Mapping[str, float]: ...
+    @property
+    def text(self) -> str: ...
+    @property
+    def text_label(self) -> str | None: ...
+    @property
+    def agrees(self) -> bool: ...
+    @property
+    def mask(self) -> np.ndarray: ...  # empty, shape (0, 0), for a model without a U-Net
+
+
+@runtime_checkable
+class Classifier(Protocol):
+    """What the worker calls on a model (``mdf_model.Classifier``), without importing torch.
+
+    The prepared input is opaque to the worker: it only hands it back.
+    """
+
+    @property
+    def version_hash(self) -> str: ...
+    @property
+    def labels(self) -> Sequence[str]: ...
+    def prepare(self, image: np.ndarray, clinical_text: str | None) -> Any:
+        """The model's input for one picture; ValueError for a picture it cannot use."""
+
+    def classify_prepared(
+        self, batch: Sequence[Any], *, max_new_tokens: int
+    ) -> Sequence[Classification]: ...
+
+
+Loader = Callable[..., Classifier]  # load_classifier(path, device=...)
 
 
 class ModelUnavailable(RuntimeError):
@@ -36,7 +74,7 @@ class ModelUnavailable(RuntimeError):
 class ServedModel:
     version_id: int
     name: str
-    classifier: Any  # mdf_model.Classifier
+    classifier: Classifier
 
 
 class ModelServer:
@@ -57,7 +95,7 @@ class ModelServer:
         self._served: ServedModel | None = None
         self._broken: set[int] = set()
 
-    def _load(self, path: Path) -> Any:
+    def _load(self, path: Path) -> Classifier:
         if self._loader is None:
             from mdf_model import load_classifier  # torch is imported only by workers
 

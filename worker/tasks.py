@@ -16,8 +16,7 @@ import structlog
 from celery import Task, shared_task
 
 from db.session import session_factory
-from mdf.celery_app import CLASSIFY_CHUNK
-from mdf.settings import get_settings
+from mdf.celery_app import CLASSIFY_CHUNK, app_settings
 from worker.inference import TRANSIENT_ERRORS, Pipeline
 from worker.serving import model_server
 
@@ -70,7 +69,7 @@ class ChunkTask(Task):
     max_retries=MAX_RETRIES,
 )
 def classify_chunk(self: Task, image_ids: list[int]) -> dict[str, int]:
-    settings = get_settings()
+    settings = app_settings(self.app)
     pipeline = Pipeline.from_settings(
         settings,
         sessions=session_factory(settings.resolved_database_url),

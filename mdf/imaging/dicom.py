@@ -21,6 +21,7 @@ from pydicom.pixels import get_decoder, pixel_array
 from pydicom.pixels.utils import get_expected_length, get_nr_frames
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from db.lifecycle import ReasonCode
 from mdf.imaging.rejection import Rejection, check_size
 
 __all__ = [
@@ -68,7 +69,6 @@ class DicomHeader:
     columns: int
     frames: int
     bits_stored: int
-    photometric: str
     sop_class_uid: str
     modality: str | None
     study_uid: str | None
@@ -85,9 +85,9 @@ def inspect_dicom(data: bytes, max_pixels: int, min_side: int) -> DicomHeader:
     try:
         ds = dcmread(stream, force=True, stop_before_pixels=True)
     except (zlib.error, EOFError, struct.error) as exc:  # what pydicom meets at a cut
-        raise Rejection("truncated", f"DICOM header is cut short ({exc})") from exc
+        raise Rejection(ReasonCode.TRUNCATED, f"DICOM header is cut short ({exc})") from exc
     except Exception as exc:  # pydicom raises many types for malformed headers.
-        raise Rejection("decode_error", f"DICOM header cannot be parsed ({exc})") from exc
+        raise Rejection(ReasonCode.DECODE_ERROR, f"DICOM header cannot be parsed ({exc})") from exc
     # A deflated data set is inflated into a buffer of its own; offsets refer to that one.
     source = ds.buffer
     body = data if source is stream else source.getvalue()  # type: ignore[union-attr]
@@ -99,7 +99,9 @@ def inspect_dicom(data: bytes, max_pixels: int, min_side: int) -> DicomHeader:
     except Rejection:
         raise
     except Exception as exc:  # pydicom converts values lazily: a malformed one raises here.
-        raise Rejection("decode_error", f"DICOM header holds a malformed value ({exc})") from exc
+        raise Rejection(
+            ReasonCode.DECODE_ERROR, f"DICOM header holds a malformed value ({exc})"
+        ) from exc
     return header
 
 
@@ -113,7 +115,8 @@ def decode_dicom_frame(data: bytes, frame: int, max_pixels: int) -> np.ndarray:
     header = inspect_dicom(data, max_pixels, min_side=1)
     if not 0 <= frame < header.frames:
         raise Rejection(
-            "decode_error", f"frame {frame} requested; the file holds {header.frames} frame(s)"
+            ReasonCode.DECODE_ERROR,
+            f"frame {frame} requested; the file holds {header.frames} frame(s)",
         )
     try:
         ds = dcmread(BytesIO(data), force=True)
@@ -121,11 +124,11 @@ def decode_dicom_frame(data: bytes, frame: int, max_pixels: int) -> np.ndarray:
         pixels = pixel_array(ds, index=frame)
     except Exception as exc:  # decoder plugins raise many types for damaged data.
         raise Rejection(
-            "decode_error",
+            ReasonCode.DECODE_ERROR,
             f"DICOM frame {frame} ({header.transfer_syntax.name}) cannot be decoded ({exc})",
         ) from exc
     if pixels.shape != (header.rows, header.columns, 3):
-        raise Rejection("decode_error", f"DICOM frame decoded to shape {pixels.shape}")
+        raise Rejection(ReasonCode.DECODE_ERROR, f"DICOM frame decoded to shape {pixels.shape}")
     if pixels.dtype == np.uint8 and header.bits_stored == 8:
         return pixels
     top = (1 << header.bits_stored) - 1
@@ -137,14 +140,16 @@ def _image_header(ds: Dataset, body: bytes, offset: int) -> DicomHeader:
     """Apply the policy to the header, most telling reason first."""
     at_pixel_data = offset + 8 <= len(body)
     if not at_pixel_data and _cut_short(ds, len(body)):
-        raise Rejection("truncated", f"DICOM data set is cut short at byte {len(body):,}")
+        raise Rejection(ReasonCode.TRUNCATED, f"DICOM data set is cut short at byte {len(body):,}")
     _check_object(ds)
     if not at_pixel_data:
-        raise Rejection("no_pixel_data", f"DICOM {_object_name(ds)} has no Pixel Data element")
+        raise Rejection(
+            ReasonCode.NO_PIXEL_DATA, f"DICOM {_object_name(ds)} has no Pixel Data element"
+        )
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
     if photometric in MONOCHROME_PHOTOMETRICS:
         raise Rejection(
-            "grayscale",
+            ReasonCode.GRAYSCALE,
             f"DICOM photometric interpretation {photometric} is not a colour photograph "
             "(red-free and monochrome images are not screened)",
         )
@@ -155,23 +160,23 @@ def _image_header(ds: Dataset, body: bytes, offset: int) -> DicomHeader:
         available = False
     if not available:
         raise Rejection(
-            "unsupported_transfer_syntax",
+            ReasonCode.UNSUPPORTED_TRANSFER_SYNTAX,
             f"DICOM transfer syntax {syntax.name} ({syntax}) cannot be decoded here",
         )
     samples, allocated = ds.get("SamplesPerPixel"), ds.get("BitsAllocated")
     if photometric not in COLOUR_PHOTOMETRICS or samples != 3 or allocated not in (8, 16):
         raise Rejection(
-            "unsupported_format",
+            ReasonCode.UNSUPPORTED_FORMAT,
             f"DICOM pixels are {photometric or 'of no photometric interpretation'}, "
             f"{samples} samples of {allocated} bits (expected RGB or YBR, 3 samples of 8 or 16)",
         )
     rows, columns = ds.get("Rows"), ds.get("Columns")
     if not rows or not columns:
-        raise Rejection("decode_error", "DICOM image has no Rows or Columns")
+        raise Rejection(ReasonCode.DECODE_ERROR, "DICOM image has no Rows or Columns")
     stored, frames = int(ds.get("BitsStored") or allocated), int(get_nr_frames(ds, warn=False))
     if not 1 <= stored <= allocated or frames < 1:
         raise Rejection(
-            "decode_error",
+            ReasonCode.DECODE_ERROR,
             f"DICOM image claims {stored} of {allocated} bits stored and {frames} frame(s)",
         )
     return DicomHeader(
@@ -181,7 +186,6 @@ def _image_header(ds: Dataset, body: bytes, offset: int) -> DicomHeader:
         columns=int(columns),
         frames=frames,
         bits_stored=stored,
-        photometric=photometric,
         sop_class_uid=_sop_class(ds),
         modality=_text(ds, "Modality"),
         study_uid=_text(ds, "StudyInstanceUID"),
@@ -201,9 +205,9 @@ def _check_object(ds: Dataset) -> None:
         "a colour Secondary Capture with modality OP, XC or OT)"
     )
     if modality is not None and modality.upper() not in ACCEPTED_MODALITIES:
-        raise Rejection("unsupported_modality", f"DICOM {_object_name(ds)} {expected}")
+        raise Rejection(ReasonCode.UNSUPPORTED_MODALITY, f"DICOM {_object_name(ds)} {expected}")
     if _sop_class(ds) not in ACCEPTED_SOP_CLASSES:
-        raise Rejection("unsupported_sop_class", f"DICOM {_object_name(ds)} {expected}")
+        raise Rejection(ReasonCode.UNSUPPORTED_SOP_CLASS, f"DICOM {_object_name(ds)} {expected}")
 
 
 def _object_name(ds: Dataset) -> str:
@@ -245,17 +249,19 @@ def _check_pixel_data(header: DicomHeader, body: bytes, offset: int) -> None:
     """Check the Pixel Data element at `offset` holds every frame the header promises."""
     endian = "<" if header.ds.original_encoding[1] else ">"
     if struct.unpack_from(f"{endian}HH", body, offset) != (0x7FE0, 0x0010):
-        raise Rejection("unsupported_format", "DICOM holds float pixel data, not an image")
+        raise Rejection(ReasonCode.UNSUPPORTED_FORMAT, "DICOM holds float pixel data, not an image")
     # The VR says whether the element is explicit: some files declare an explicit transfer
     # syntax but are written implicit, which pydicom detects without recording it.
     start = offset + (12 if body[offset + 4 : offset + 6] in _LONG_LENGTH_VRS else 8)
     if start > len(body):
-        raise Rejection("truncated", "DICOM file ends inside its Pixel Data element header")
+        raise Rejection(
+            ReasonCode.TRUNCATED, "DICOM file ends inside its Pixel Data element header"
+        )
     (length,) = struct.unpack_from(f"{endian}L", body, start - 4)
     encapsulated = header.transfer_syntax.is_encapsulated
     if encapsulated != (length == _UNDEFINED_LENGTH):
         raise Rejection(
-            "decode_error",
+            ReasonCode.DECODE_ERROR,
             f"DICOM Pixel Data length does not fit transfer syntax {header.transfer_syntax.name}",
         )
     if not encapsulated:
@@ -263,7 +269,7 @@ def _check_pixel_data(header: DicomHeader, body: bytes, offset: int) -> None:
         available = min(length, len(body) - start)
         if available < expected:
             raise Rejection(
-                "truncated",
+                ReasonCode.TRUNCATED,
                 f"DICOM Pixel Data holds {available:,} of the {expected:,} bytes "
                 f"that {header.frames} frame(s) of {header.columns}x{header.rows} need",
             )
@@ -271,12 +277,12 @@ def _check_pixel_data(header: DicomHeader, body: bytes, offset: int) -> None:
     table_entries, fragments = _walk_items(body, start, endian)
     if fragments < header.frames:
         raise Rejection(
-            "truncated",
+            ReasonCode.TRUNCATED,
             f"encapsulated Pixel Data holds {fragments} fragment(s) for {header.frames} frame(s)",
         )
     if table_entries and table_entries != header.frames:
         raise Rejection(
-            "decode_error",
+            ReasonCode.DECODE_ERROR,
             f"Basic Offset Table lists {table_entries} frame(s), "
             f"Number of Frames says {header.frames}",
         )
@@ -292,7 +298,7 @@ def _walk_items(body: bytes, start: int, endian: str) -> tuple[int, int]:
     while True:
         if position + 8 > len(body):
             raise Rejection(
-                "truncated", "encapsulated Pixel Data ends before its sequence delimiter"
+                ReasonCode.TRUNCATED, "encapsulated Pixel Data ends before its sequence delimiter"
             )
         group, element, length = struct.unpack_from(f"{endian}HHL", body, position)
         tag = group << 16 | element
@@ -300,12 +306,15 @@ def _walk_items(body: bytes, start: int, endian: str) -> tuple[int, int]:
             break
         if tag != _ITEM or length == _UNDEFINED_LENGTH:
             raise Rejection(
-                "decode_error", f"encapsulated Pixel Data is malformed at byte {position:,}"
+                ReasonCode.DECODE_ERROR,
+                f"encapsulated Pixel Data is malformed at byte {position:,}",
             )
         lengths.append(length)
         position += 8 + length
     if not lengths:
-        raise Rejection("decode_error", "encapsulated Pixel Data lacks its Basic Offset Table")
+        raise Rejection(
+            ReasonCode.DECODE_ERROR, "encapsulated Pixel Data lacks its Basic Offset Table"
+        )
     return lengths[0] // 4, len(lengths) - 1
 
 

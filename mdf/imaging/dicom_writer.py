@@ -6,8 +6,7 @@ dciodvfy (dicom3tools). Lossless syntaxes are encoded by pydicom's own encoders;
 which pydicom cannot encode, is encoded frame by frame with Pillow and encapsulated.
 
 Clinical text goes into Additional Patient History (0010,21B0), the Patient Study module's
-free-text history attribute (LT, up to 10240 characters); `CLINICAL_TEXT_KEYWORD` names it
-for readers.
+free-text history attribute (LT, up to 10240 characters), where mdf.imaging.dicom reads it.
 """
 
 from __future__ import annotations
@@ -32,8 +31,9 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from mdf.imaging.dicom import CLINICAL_TEXT_KEYWORD
+
 __all__ = [
-    "CLINICAL_TEXT_KEYWORD",
     "JPEG_QUALITY",
     "LOSSLESS_SYNTAXES",
     "TRANSFER_SYNTAXES",
@@ -53,7 +53,6 @@ SOP_CLASSES: dict[str, tuple[UID, str]] = {
     "op": (OphthalmicPhotography8BitImageStorage, "OP"),
     "sc": (SecondaryCaptureImageStorage, "OT"),
 }
-CLINICAL_TEXT_KEYWORD = "AdditionalPatientHistory"
 JPEG_QUALITY = 95
 # Image Laterality values per SOP class: the OP IOD forbids "U" (unknown).
 LATERALITIES = {"op": ("L", "R", "B"), "sc": ("L", "R", "B", "U")}

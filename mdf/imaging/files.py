@@ -50,18 +50,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from db.lifecycle import ReasonCode
 from mdf.imaging.dicom import (
     ACCEPTED_MODALITIES,
     ACCEPTED_SOP_CLASSES,
     decode_dicom_frame,
     inspect_dicom,
 )
-from mdf.imaging.rejection import REJECTION_CODES, Rejection, check_size
+from mdf.imaging.rejection import Rejection, check_size
 
 __all__ = [
     "ACCEPTED_MODALITIES",
     "ACCEPTED_SOP_CLASSES",
-    "REJECTION_CODES",
     "ProbedFile",
     "ProbedImage",
     "Rejection",
@@ -108,22 +108,17 @@ class ProbedFile:
     `patient_id` is the raw identifier: pseudonymise it at once and never log it.
     """
 
-    path: Path
     sha256: str
-    size_bytes: int
     kind: str
     images: list[ProbedImage]
     sop_class_uid: str | None = None
     modality: str | None = None
-    transfer_syntax_uid: str | None = None
     study_uid: str | None = None
     series_uid: str | None = None
     sop_uid: str | None = None
     patient_id: str | None = None
     laterality: str | None = None
     clinical_text: str | None = None
-    bits_stored: int | None = None
-    photometric: str | None = None
 
 
 def probe(
@@ -137,30 +132,23 @@ def probe(
     if data is None:
         data = path.read_bytes()
     kind = _sniff(data)
-    common = {
-        "path": path,
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "size_bytes": len(data),
-        "kind": kind,
-    }
+    sha256 = hashlib.sha256(data).hexdigest()
     if kind != "dicom":
         width, height = _upright_size(_open_raster(data, kind, max_pixels, min_side), kind)
-        return ProbedFile(**common, images=[ProbedImage(0, width, height)])
+        return ProbedFile(sha256, kind, images=[ProbedImage(0, width, height)])
     header = inspect_dicom(data, max_pixels, min_side)
     return ProbedFile(
-        **common,
+        sha256,
+        kind,
         images=[ProbedImage(i, header.columns, header.rows) for i in range(header.frames)],
         sop_class_uid=header.sop_class_uid,
         modality=header.modality,
-        transfer_syntax_uid=str(header.transfer_syntax),
         study_uid=header.study_uid,
         series_uid=header.series_uid,
         sop_uid=header.sop_uid,
         patient_id=header.patient_id,
         laterality=header.laterality,
         clinical_text=header.clinical_text,
-        bits_stored=header.bits_stored,
-        photometric=header.photometric,
     )
 
 
@@ -177,18 +165,22 @@ def load_frame(path: Path, frame: int = 0, *, max_pixels: int = 50_000_000) -> n
         return decode_dicom_frame(data, frame, max_pixels)
     image = _open_raster(data, kind, max_pixels, min_side=1)
     if frame != 0:
-        raise Rejection("decode_error", f"frame {frame} requested from a single-image {kind}")
+        raise Rejection(
+            ReasonCode.DECODE_ERROR, f"frame {frame} requested from a single-image {kind}"
+        )
     try:
         upright = ImageOps.exif_transpose(image) if kind != "png" else image
         return np.asarray(upright.convert("RGB"))
     except Exception as exc:  # Pillow raises many types for damaged image data.
-        raise Rejection("decode_error", f"{kind.upper()} pixels cannot be decoded ({exc})") from exc
+        raise Rejection(
+            ReasonCode.DECODE_ERROR, f"{kind.upper()} pixels cannot be decoded ({exc})"
+        ) from exc
 
 
 def _sniff(data: bytes) -> str:
     """Name the file type from its content, or reject it."""
     if not data:
-        raise Rejection("empty_file", "the file is empty (0 bytes)")
+        raise Rejection(ReasonCode.EMPTY_FILE, "the file is empty (0 bytes)")
     if data[128:132] == b"DICM" or data[:2] in _BARE_DICOM_STARTS:
         return "dicom"
     for magic, kind in _RASTER_MAGIC:
@@ -197,7 +189,8 @@ def _sniff(data: bytes) -> str:
     for magic, name in _OTHER_IMAGE_MAGIC:
         if data.startswith(magic):
             raise Rejection(
-                "unsupported_format", f"{name}; only DICOM, JPEG, PNG and TIFF files are read"
+                ReasonCode.UNSUPPORTED_FORMAT,
+                f"{name}; only DICOM, JPEG, PNG and TIFF files are read",
             )
     if data.startswith(b"%PDF"):
         what = "a PDF document"
@@ -205,7 +198,7 @@ def _sniff(data: bytes) -> str:
         what = "a text file"
     else:
         what = "unrecognised binary content"
-    raise Rejection("not_an_image", f"{what}, not a DICOM, JPEG, PNG or TIFF image")
+    raise Rejection(ReasonCode.NOT_AN_IMAGE, f"{what}, not a DICOM, JPEG, PNG or TIFF image")
 
 
 # --- raster files ---------------------------------------------------------------------
@@ -225,20 +218,22 @@ def _open_raster(data: bytes, kind: str, max_pixels: int, min_side: int) -> Imag
             image = Image.open(BytesIO(data), formats=[name])
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise Rejection(
-            "too_large",
+            ReasonCode.TOO_LARGE,
             f"{name} header claims more than {max_pixels:,} pixels (decompression bomb)",
         ) from exc
     except Exception as exc:  # Pillow raises many types for damaged headers.
-        raise Rejection("decode_error", f"{name} header cannot be read ({exc})") from exc
+        raise Rejection(ReasonCode.DECODE_ERROR, f"{name} header cannot be read ({exc})") from exc
     if kind == "tiff":
         _check_tiff_strips(image, len(data))
     if image.mode in GRAYSCALE_MODES or image.mode.startswith("I;"):
         raise Rejection(
-            "grayscale",
+            ReasonCode.GRAYSCALE,
             f"{name} is grayscale (mode {image.mode}); only colour photographs are screened",
         )
     if image.mode not in COLOUR_MODES:
-        raise Rejection("unsupported_format", f"{name} colour mode {image.mode} is not read")
+        raise Rejection(
+            ReasonCode.UNSUPPORTED_FORMAT, f"{name} colour mode {image.mode} is not read"
+        )
     check_size(*image.size, max_pixels, min_side)
     return image
 
@@ -256,7 +251,9 @@ def _check_raster_complete(data: bytes, kind: str) -> None:
     else:
         complete = _tiff_directory_end(data) <= len(data)
     if not complete:
-        raise Rejection("truncated", f"{kind.upper()} file ends before its image data does")
+        raise Rejection(
+            ReasonCode.TRUNCATED, f"{kind.upper()} file ends before its image data does"
+        )
 
 
 def _tiff_directory_end(data: bytes) -> int:
@@ -286,7 +283,7 @@ def _check_tiff_strips(image: Image.Image, size: int) -> None:
     offsets = tags.get(273) or tags.get(324) or ()  # strip or tile offsets
     counts = tags.get(279) or tags.get(325) or ()  # strip or tile byte counts
     if any(o + c > size for o, c in zip(offsets, counts, strict=False)):
-        raise Rejection("truncated", "TIFF image data reaches past the end of the file")
+        raise Rejection(ReasonCode.TRUNCATED, "TIFF image data reaches past the end of the file")
 
 
 def _upright_size(image: Image.Image, kind: str) -> tuple[int, int]:
@@ -297,6 +294,8 @@ def _upright_size(image: Image.Image, kind: str) -> tuple[int, int]:
     try:
         orientation = image.getexif().get(_EXIF_ORIENTATION, 1) if kind != "png" else 1
     except Exception as exc:  # Pillow raises many types for damaged EXIF blocks.
-        raise Rejection("decode_error", f"{kind.upper()} EXIF data cannot be read ({exc})") from exc
+        raise Rejection(
+            ReasonCode.DECODE_ERROR, f"{kind.upper()} EXIF data cannot be read ({exc})"
+        ) from exc
     width, height = image.size
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)

@@ -1,4 +1,5 @@
-"""``mdf model init``, ``mdf model info`` and ``mdf classify``, driven through argparse."""
+"""``mdf model init`` and ``mdf model info``, driven through argparse (``mdf classify`` is the
+worker's: tests/worker/test_classify_command.py)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-import pytest
 import structlog
-from PIL import Image
 
-from mdf_model import load_classifier
 from mdf_model.cli import add_commands
 
 
@@ -45,7 +42,7 @@ def test_info_of_the_11b_preset_builds_on_the_meta_device(capsys) -> None:
     assert info["labels"] == ["acquired", "inherited"]
 
 
-def test_init_info_classify(tmp_path: Path, capsys) -> None:
+def test_init_info(tmp_path: Path, capsys) -> None:
     directory = tmp_path / "tiny"
     assert (
         run(
@@ -68,26 +65,9 @@ def test_init_info_classify(tmp_path: Path, capsys) -> None:
     assert info["labels"] == ["normal", "glaucoma", "AMD"]
     assert info["fusion_layers"] == [1, 3, 5, 7]
 
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)).save(tmp_path / "a.png")
-    Image.fromarray(rng.integers(0, 255, (200, 200, 3), dtype=np.uint8)).save(tmp_path / "b.jpg")
-    (tmp_path / "c.png").write_bytes(b"not an image")
-    files = [tmp_path / "a.png", tmp_path / "b.jpg", tmp_path / "c.png"]
-    assert run("classify", directory, *files, "--json", "--max-new-tokens", "3") == 1
-    entries = json.loads(capsys.readouterr().out)
-    assert [e["file"] for e in entries] == [str(f) for f in files]
-    version = load_classifier(directory).version_hash
-    for entry in entries[:2]:
-        assert entry["label"] in ("normal", "glaucoma", "AMD")
-        assert sum(entry["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
-        assert entry["version_hash"] == version
-    assert "error" in entries[2]
-
 
 def test_unusable_requests_exit_2(tmp_path: Path, capsys) -> None:
     assert run("model", "init", "--preset", "llama-3.2-11b-vision", tmp_path / "x") == 2
     assert "--base is required" in capsys.readouterr().err
-    assert run("classify", tmp_path, tmp_path / "a.png") == 2
-    assert "manifest.json: missing" in capsys.readouterr().err
     assert run("model", "info", tmp_path) == 2
     assert "mdf_config.json" in capsys.readouterr().err

@@ -15,7 +15,8 @@ import redis
 from PIL import Image as PILImage
 from sqlalchemy import select, text, update
 
-from db.models import Image, ImagePath, ImageStatus, Study
+from db.lifecycle import ImageStatus
+from db.models import Image, ImagePath, Study
 from db.session import make_engine
 from mdf.celery_app import INFERENCE_QUEUE
 from mdf.imaging.dicom_writer import write_dicom_op

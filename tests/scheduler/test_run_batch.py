@@ -21,9 +21,9 @@ from sqlalchemy.orm import Session
 from db.models import Image, ImageStatus, ModelVersion, Prediction
 from db.session import session_factory
 from mdf.celery_app import create_app
-from mdf.settings import Settings, get_settings
+from mdf.settings import Settings
 from mdf.synthetic.bad_files import BAD_FILES, write_bad_files
-from mdf.synthetic.fundus import write_dataset
+from mdf.synthetic.delivery import write_dataset
 from scheduler.batch_progress import Progress, ProgressDisplay
 from scheduler.run_batch import serving_workers
 from scheduler.service import Scheduler
@@ -48,8 +48,7 @@ def serving(
     monkeypatch.setenv("MDF_MODEL_DIR", str(tiny_checkpoint))
     monkeypatch.setenv("MDF_CHUNK_SIZE", "4")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    get_settings.cache_clear()
-    return get_settings()
+    return Settings()
 
 
 def mdf(*args: str, **env: str) -> subprocess.Popen[str]:

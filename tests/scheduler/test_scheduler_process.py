@@ -13,9 +13,10 @@ import redis
 from celery.schedules import crontab
 from PIL import Image as PILImage
 
+from db.session import session_factory
+from mdf.analysis.status import status_counts
 from mdf.celery_app import REQUEUE_STALLED, SCAN_INBOXES, TRAIN, create_app
 from mdf.settings import Settings
-from scheduler.service import Scheduler
 
 
 def test_beat_schedule_comes_from_the_settings(settings: Settings) -> None:
@@ -53,11 +54,11 @@ def test_scheduler_process_scans_inboxes_on_request(
     )
     try:
         create_app(settings).send_task(SCAN_INBOXES)
-        scheduler = Scheduler(settings)
+        sessions = session_factory(settings.resolved_database_url)
         deadline = time.monotonic() + 60
         counts: dict = {}
         while time.monotonic() < deadline:
-            counts = scheduler.status_counts()
+            counts = status_counts(sessions)
             if sum(row["queued"] for row in counts.values()) == 3:
                 break
             time.sleep(0.5)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from mdf.synthetic.fundus import synthetic_split
+from mdf.synthetic.examples import synthetic_split
 from training.ablation import TABLE_VARIANTS, format_table, run_ablation
 from training.config import TrainConfig
 from training.run import load_for_training

@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from db.models import Image
 from mdf.settings import Settings
-from mdf.synthetic.fundus import write_dataset
+from mdf.synthetic.delivery import write_dataset
 from scheduler.service import Scheduler
 from training.labels import import_labels
 

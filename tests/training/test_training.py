@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from db.models import ModelVersion, Promotion, TrainingRun
 from mdf.settings import Settings
-from mdf.synthetic.fundus import write_dataset
+from mdf.synthetic.delivery import write_dataset
 from scheduler.service import Scheduler
 from training.config import EarlyStopping, TrainConfig
 from training.memory import estimate

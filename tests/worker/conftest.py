@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from worker_processes import RedisServer, WorkerProcess
 
 from db.session import session_factory
-from mdf.settings import Settings, get_settings
+from mdf.settings import Settings
 
 
 @pytest.fixture
@@ -41,8 +41,7 @@ def worker_settings(
     """The test's settings serving the tiny checkpoint, in chunks of four images."""
     monkeypatch.setenv("MDF_MODEL_DIR", str(tiny_checkpoint))
     monkeypatch.setenv("MDF_CHUNK_SIZE", "4")
-    get_settings.cache_clear()
-    return get_settings()
+    return Settings()
 
 
 @pytest.fixture

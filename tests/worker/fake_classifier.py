@@ -1,4 +1,5 @@
-"""A classifier with the mdf_model interface that needs no torch, and pictures for it.
+"""A classifier the worker can serve (``worker.serving.Classifier``) that needs no torch,
+and pictures for it.
 
 Black pictures are unusable (``prepare`` raises, as a real model does for a lens cap),
 pure red ones break the forward pass, and the red channel decides the label, so every
@@ -7,7 +8,7 @@ outcome is predictable.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,8 @@ class FakeResult:
 
 @dataclass
 class FakeClassifier:
-    """The mdf_model.Classifier interface: black pictures are unusable, like a lens cap, and
-    pure red ones crash the forward pass of any batch they are in."""
+    """``worker.serving.Classifier``: black pictures are unusable, like a lens cap, and pure
+    red ones crash the forward pass of any batch they are in."""
 
     version_hash: str
     labels: list[str] = field(default_factory=lambda: ["acquired", "inherited"])
@@ -42,7 +43,7 @@ class FakeClassifier:
         return float(image[..., 0].mean())
 
     def classify_prepared(
-        self, batch: list[Any], *, generate_text: bool = True, max_new_tokens: int = 16
+        self, batch: Sequence[Any], *, generate_text: bool = True, max_new_tokens: int = 16
     ) -> list[FakeResult]:
         self.batches.append(len(batch))
         if self.on_classify is not None:

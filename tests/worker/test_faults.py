@@ -20,9 +20,10 @@ from PIL import Image as PILImage
 from sqlalchemy.orm import Session, sessionmaker
 from worker_processes import RedisServer, TcpProxy, run_mdf, wait_for
 
-from db.models import Image, ImageStatus
+from db.lifecycle import ImageStatus
+from db.models import Image
 from mdf.celery_app import INFERENCE_QUEUE
-from mdf.settings import Settings, get_settings
+from mdf.settings import Settings
 from scheduler.dispatch import send_chunks
 from scheduler.intake import ingest
 from scheduler.service import Scheduler
@@ -42,7 +43,7 @@ def redis_url(own_redis: RedisServer) -> str:
 
 
 def _inbox(directory: Path, n: int, *, seed: int = 0) -> Path:
-    from mdf.synthetic.fundus import write_dataset
+    from mdf.synthetic.delivery import write_dataset
 
     return write_dataset(directory, n, seed=seed, size=96, dicom_fraction=0.25, write_masks=False)
 
@@ -50,8 +51,7 @@ def _inbox(directory: Path, n: int, *, seed: int = 0) -> Path:
 def _with(monkeypatch: pytest.MonkeyPatch, **env: str) -> Settings:
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    get_settings.cache_clear()
-    return get_settings()
+    return Settings()
 
 
 def _count(sessions: sessionmaker[Session], *wanted: ImageStatus) -> int:

@@ -13,9 +13,10 @@ from PIL import Image as PILImage
 from sqlalchemy.orm import Session, sessionmaker
 
 import worker.inference
-from db.models import Image, ImageStatus, ModelVersion, Prediction
+from db.lifecycle import ImageStatus
+from db.models import Image, ModelVersion, Prediction
 from worker.inference import Pipeline
-from worker.serving import ModelServer
+from worker.serving import Classifier, ModelServer
 
 
 def _pipeline(
@@ -222,12 +223,14 @@ def test_an_image_that_keeps_killing_workers_is_failed_before_it_is_loaded(
 def test_the_tiny_model_classifies_photographs_and_dicom(
     sessions: sessionmaker[Session], tmp_path: Path, tiny_checkpoint: Path
 ) -> None:
-    from mdf.synthetic.fundus import write_dataset
+    from mdf.synthetic.delivery import write_dataset
 
     folder = write_dataset(tmp_path / "in", 4, size=96, dicom_fraction=0.5, write_masks=False)
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "manifest.csv")
     ids = add_images(sessions, files)
-    outcome = _pipeline(sessions, tmp_path, model_dir=tiny_checkpoint).run(ids)
+    pipeline = _pipeline(sessions, tmp_path, model_dir=tiny_checkpoint)
+    assert isinstance(pipeline.server.current().classifier, Classifier)
+    outcome = pipeline.run(ids)
     assert outcome.written == ids, outcome.failed
     with sessions() as session:
         predictions = session.scalars(sa.select(Prediction)).all()

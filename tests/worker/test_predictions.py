@@ -11,7 +11,8 @@ from image_rows import add_images, predictions_per_image, promote, statuses
 from PIL import Image as PILImage
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.models import ImageStatus, Prediction
+from db.lifecycle import ImageStatus
+from db.models import Prediction
 from worker.predictions import PredictionRow, mask_directory, save_mask, write_predictions
 
 

@@ -11,7 +11,7 @@ from image_rows import promote
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import ModelVersion
-from worker.serving import ModelServer, ModelUnavailable
+from worker.serving import Classifier, ModelServer, ModelUnavailable
 
 
 def _server(sessions: sessionmaker[Session], loader: FakeLoader, model_dir: Path | None = None):
@@ -48,6 +48,7 @@ def test_model_dir_is_registered_once_and_served_until_something_is_promoted(
     assert version.path == str((tmp_path / "base").resolve())
     assert version.labels == ["acquired", "inherited"]
     assert not version.is_promoted
+    assert isinstance(served.classifier, Classifier)
     assert fake_loader.loads == [tmp_path / "base", tmp_path / "base"]
 
 

@@ -11,7 +11,8 @@ from image_rows import add_images
 from sqlalchemy.orm import Session, sessionmaker
 from worker_processes import RedisServer, run_mdf
 
-from db.models import Image, ImageStatus
+from db.lifecycle import ImageStatus
+from db.models import Image
 from mdf.celery_app import CLASSIFY_CHUNK, INFERENCE_QUEUE, create_app
 from mdf.settings import Settings
 from worker.burst import is_idle, queued_messages

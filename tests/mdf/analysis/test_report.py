@@ -23,7 +23,7 @@ from PIL import Image as PILImage
 from db.models import Image, ImageStatus, ModelVersion, Prediction
 from db.session import session_factory
 from mdf.settings import Settings
-from mdf.synthetic.fundus import write_dataset
+from mdf.synthetic.delivery import write_dataset
 from scheduler.intake import ingest
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -12,12 +12,8 @@ import pydicom
 import pytest
 from pydicom.uid import OphthalmicPhotography8BitImageStorage, SecondaryCaptureImageStorage
 
-from mdf.imaging.dicom_writer import (
-    CLINICAL_TEXT_KEYWORD,
-    LOSSLESS_SYNTAXES,
-    TRANSFER_SYNTAXES,
-    write_dicom_op,
-)
+from mdf.imaging.dicom import CLINICAL_TEXT_KEYWORD
+from mdf.imaging.dicom_writer import LOSSLESS_SYNTAXES, TRANSFER_SYNTAXES, write_dicom_op
 
 EXPECTED_PHOTOMETRIC = {"jpeg-baseline": "YBR_FULL_422", "jpeg2000": "YBR_RCT"}
 

@@ -11,16 +11,11 @@ import pydicom
 import pytest
 from PIL import Image, ImageFilter
 
-from mdf.imaging.dicom_writer import CLINICAL_TEXT_KEYWORD, LOSSLESS_SYNTAXES, write_dicom_op
-from mdf.synthetic.fundus import (
-    DISEASES,
-    LABEL_OF,
-    MANIFEST_COLUMNS,
-    MASKS_COLUMNS,
-    SyntheticCase,
-    generate_case,
-    write_dataset,
-)
+from mdf.imaging.dicom import CLINICAL_TEXT_KEYWORD
+from mdf.imaging.dicom_writer import LOSSLESS_SYNTAXES, write_dicom_op
+from mdf.synthetic.delivery import MASKS_COLUMNS, write_dataset
+from mdf.synthetic.fundus import DISEASES, LABEL_OF, SyntheticCase, generate_case
+from scheduler.manifest import COLUMNS
 
 SIZE = 256
 SEEDS = range(4)
@@ -211,7 +206,7 @@ def test_write_dataset_layout_manifest_and_masks(tmp_path: Path) -> None:
         images_per_patient=2,
     )
     columns, rows = _read_csv(out / "manifest.csv")
-    assert tuple(columns) == MANIFEST_COLUMNS
+    assert tuple(columns) == COLUMNS
     assert len(rows) == 7
     assert {Path(r["file"]).suffix for r in rows} == {".jpg", ".dcm", ""}  # JPEG, DICOM
 

@@ -1,16 +1,18 @@
-"""Images, versions and predictions in the database, as the worker tests set and read them."""
+"""Images, versions and predictions in the database, as the tests set and read them."""
 
 from __future__ import annotations
 
 import hashlib
+from datetime import timedelta
 from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import model_versions
+from db.lifecycle import ImageStatus
 from db.model_versions import register_version
-from db.models import Batch, Image, ImageStatus, Prediction
+from db.models import Batch, Image, Prediction, utcnow
 
 
 def add_images(
@@ -20,7 +22,10 @@ def add_images(
     status: ImageStatus = ImageStatus.QUEUED,
     attempts: int = 0,
     batch_name: str = "night",
+    age_s: float = 0,
 ) -> list[int]:
+    """One image per path, in ``status``, which it entered ``age_s`` ago."""
+    changed = utcnow() - timedelta(seconds=age_s)
     with sessions.begin() as session:
         batch = session.scalar(sa.select(Batch).where(Batch.name == batch_name))
         batch = batch or Batch(name=batch_name, source="/inbox")
@@ -31,6 +36,7 @@ def add_images(
                 source_path=str(path),
                 status=status,
                 attempts=attempts,
+                status_changed_at=changed,
             )
             for path in paths
         ]

@@ -1,0 +1,86 @@
+"""The analysts' commands: ``status``, ``results`` and ``report``; they only read the database."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from mdf.analysis.export import FORMATS, parse_since
+from mdf.errors import CommandError
+from mdf.settings import Settings
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    status = subparsers.add_parser("status", help="image counts per batch and status")
+    status.add_argument("--batch")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(handler=_status)
+
+    results = subparsers.add_parser("results", help="per-image results (the study_results view)")
+    results.add_argument("--batch", metavar="NAME")
+    results.add_argument(
+        "--since",
+        type=parse_since,
+        metavar="DATE",
+        help="images registered (delivered) at or after this ISO date or time; UTC by default",
+    )
+    results.add_argument("--label", help="only images whose latest prediction has this label")
+    results.add_argument("--limit", type=int, metavar="N", help="at most N rows")
+    results.add_argument(
+        "--format", choices=FORMATS, default="table", help="table (default) shows fewer columns"
+    )
+    results.add_argument(
+        "--out", type=Path, metavar="FILE", help="instead of stdout (parquet needs one)"
+    )
+    results.set_defaults(handler=_results)
+
+    report = subparsers.add_parser("report", help="a self-contained HTML report of one batch")
+    report.add_argument("batch", metavar="BATCH")
+    report.add_argument(
+        "--out", type=Path, metavar="FILE", help="default: MDF_DATA_DIR/reports/BATCH.html"
+    )
+    report.set_defaults(handler=_report)
+
+
+def _status(args: argparse.Namespace, settings: Settings) -> int:
+    from db.models import ImageStatus
+    from db.session import session_factory
+    from mdf.analysis.status import status_counts
+
+    counts = status_counts(session_factory(settings.resolved_database_url), args.batch)
+    if args.json:
+        print(json.dumps(counts, indent=2))
+        return 0
+    statuses = [status.value for status in ImageStatus]
+    width = max([len("batch"), *map(len, counts)])
+    print(f"{'batch':<{width}}  " + "  ".join(f"{s:>10}" for s in statuses))
+    for name, row in counts.items():
+        print(f"{name:<{width}}  " + "  ".join(f"{row[s]:>10}" for s in statuses))
+    return 0
+
+
+def _results(args: argparse.Namespace, settings: Settings) -> int:
+    from db.session import session_factory
+    from mdf.analysis.export import Filters, export, fetch
+
+    filters = Filters(batch=args.batch, since=args.since, label=args.label, limit=args.limit)
+    with session_factory(settings.resolved_database_url)() as session:
+        rows = fetch(session, filters)
+    try:
+        export(rows, args.format, args.out, sys.stdout)
+    except (ValueError, OSError) as error:  # parquet without --out, an unwritable --out
+        raise CommandError(str(error)) from error
+    return 0
+
+
+def _report(args: argparse.Namespace, settings: Settings) -> int:
+    from mdf.analysis.report import UnknownBatch, write_report
+
+    try:
+        path = write_report(settings, args.batch, args.out)
+    except (UnknownBatch, OSError) as error:
+        raise CommandError(str(error)) from error
+    print(path)
+    return 0

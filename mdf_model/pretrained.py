@@ -1,0 +1,207 @@
+"""Loading and saving MDF models: the base Mllama from a local directory, and checkpoints.
+
+As transformers keeps ``from_pretrained`` apart from the architectures it loads, this module
+keeps the directory I/O apart from modeling.py (assembly, freezing, forward): `MDFModel` binds
+`from_base`, `from_pretrained` and `save_pretrained` as its own methods, and the functions take
+the model class (or model) first, so this module does not import modeling.py. The checkpoint
+directory format itself (manifest, hashes, atomic writes) is checkpoint.py's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import structlog
+import torch
+from safetensors import SafetensorError
+from torch import nn
+from transformers import AutoProcessor, MllamaForConditionalGeneration, ProcessorMixin
+
+from mdf_model.checkpoint import (
+    CheckpointError,
+    load_module_strict,
+    save_module,
+    staging_directory,
+    verify_manifest,
+    write_manifest,
+)
+from mdf_model.configuration import MDFConfig
+
+if TYPE_CHECKING:
+    from mdf_model.modeling import MDFModel
+
+__all__ = ["from_base", "from_pretrained", "read_config", "save_pretrained", "seeded"]
+
+log = structlog.get_logger(__name__)
+
+CONFIG_NAME = "mdf_config.json"
+UNET_WEIGHTS = "unet.safetensors"
+FUSION_WEIGHTS = "fusion.safetensors"
+PROCESSOR_DIR = "processor"
+BASE_DIR = "base"
+
+
+def _load_base(directory: Path, dtype: torch.dtype | None) -> MllamaForConditionalGeneration:
+    """``from_pretrained`` from a local directory, refusing anything but an exact match."""
+    try:
+        base, info = MllamaForConditionalGeneration.from_pretrained(
+            directory,
+            local_files_only=True,
+            dtype=dtype if dtype is not None else "auto",
+            output_loading_info=True,
+        )
+    except (OSError, ValueError, RuntimeError, SafetensorError) as error:
+        raise CheckpointError(f"{directory}: cannot load the base model ({error})") from error
+    problems = {name: keys for name, keys in info.items() if keys}
+    if problems:
+        raise CheckpointError(f"{directory}: base weights do not match config.json: {problems}")
+    return base
+
+
+def _load_processor(directory: Path) -> ProcessorMixin:
+    try:
+        return AutoProcessor.from_pretrained(directory, local_files_only=True)
+    except (OSError, ValueError, KeyError) as error:
+        raise CheckpointError(f"{directory}: cannot load the processor ({error})") from error
+
+
+def read_config(directory: Path) -> MDFConfig:
+    """The configuration of a checkpoint directory (not verified against the manifest)."""
+    path = directory / CONFIG_NAME
+    try:
+        return MDFConfig.from_json_file(path)
+    except (OSError, ValueError, TypeError) as error:
+        raise CheckpointError(f"{path}: not a valid MDF configuration ({error})") from error
+
+
+@contextlib.contextmanager
+def seeded(seed: int | None) -> Iterator[None]:
+    """Deterministic initialisation without touching the caller's random state."""
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        yield
+
+
+def _fusion_parts(model: MDFModel) -> nn.ModuleDict:
+    # A view for fusion.safetensors; not registered, so the model's own keys do not change.
+    return nn.ModuleDict(
+        {"projection": model.projection, "fusion": model.fusion, "film": model.film}
+    )
+
+
+def from_base(
+    cls: type[MDFModel],
+    base_dir: str | Path,
+    config: MDFConfig,
+    *,
+    seed: int | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+) -> MDFModel:
+    """A new MDF model around a local Hugging Face Mllama directory (weights + processor).
+
+    The U-Net (optionally from ``config.unet_encoder_weights``), projection, fusion and FiLM
+    are initialised here; everything takes the base weights' dtype unless ``dtype`` is given.
+    Returns the model in eval mode, like ``from_pretrained``.
+    """
+    base_dir = Path(base_dir)
+    base = _load_base(base_dir, dtype)
+    processor = _load_processor(base_dir)
+    weights = config.unet_encoder_weights
+    with seeded(seed):
+        model = cls(
+            config,
+            base,
+            processor,
+            base_reference=base_dir.resolve(),
+            encoder_weights=None if weights is None else Path(weights),
+        )
+    model.to(device=device, dtype=base.dtype)
+    log.info("model.built", base=str(base_dir), preset=config.preset, dtype=str(base.dtype))
+    return model.eval()
+
+
+def from_pretrained(
+    cls: type[MDFModel],
+    directory: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    base_dir: str | Path | None = None,
+) -> MDFModel:
+    """Load a checkpoint directory after verifying its manifest (see checkpoint.py).
+
+    ``base_dir`` points a checkpoint that refers to an external base model at a new location
+    of that base; its files must still match the recorded hashes. Returns the model in eval
+    mode.
+    """
+    directory = Path(directory)
+    manifest = verify_manifest(directory, base_dir=None if base_dir is None else Path(base_dir))
+    config = read_config(directory)
+
+    weight_files = {name: (directory / name).is_file() for name in (UNET_WEIGHTS, FUSION_WEIGHTS)}
+    for name, present in weight_files.items():
+        if present == config.baseline:
+            state = "present" if present else "missing"
+            raise CheckpointError(
+                f"{directory / name}: {state}, but the configuration has baseline={config.baseline}"
+            )
+    included = directory / BASE_DIR
+    if included.is_dir():
+        base_path = included
+    elif manifest.base_reference is not None:
+        base_path = manifest.base_reference
+    else:
+        raise CheckpointError(f"{included}: missing, and the manifest names no base model")
+
+    base = _load_base(base_path, dtype)
+    processor = _load_processor(directory / PROCESSOR_DIR)
+    try:
+        model = cls(
+            config,
+            base,
+            processor,
+            base_reference=manifest.base_reference,
+        )
+    except ValueError as error:
+        raise CheckpointError(
+            f"{directory / CONFIG_NAME}: does not fit {base_path} ({error})"
+        ) from error
+    if not config.baseline:
+        load_module_strict(model.unet, directory / UNET_WEIGHTS)
+        load_module_strict(_fusion_parts(model), directory / FUSION_WEIGHTS)
+    model.to(device=device, dtype=base.dtype)
+    model.version_hash = manifest.version_hash
+    log.info("model.loaded", checkpoint=str(directory), version=manifest.version_hash)
+    return model.eval()
+
+
+def save_pretrained(
+    model: MDFModel, directory: str | Path, *, include_base: bool | None = None
+) -> str:
+    """Write a checkpoint directory (which must not exist, or be empty); return its version
+    hash. ``include_base`` None copies the base weights unless they came unchanged from a
+    base directory and the MLLM is frozen, in which case the manifest refers to that
+    directory."""
+    if model.processor is None:
+        raise ValueError("this model has no processor (built without weights): cannot save")
+    if include_base is None:
+        include_base = model.base_reference is None or "mllm" not in model.frozen
+    directory = Path(directory)
+    with staging_directory(directory) as staging:
+        model.config.to_json_file(staging / CONFIG_NAME)
+        if not model.config.baseline:
+            save_module(model.unet, staging / UNET_WEIGHTS)
+            save_module(_fusion_parts(model), staging / FUSION_WEIGHTS)
+        model.processor.save_pretrained(staging / PROCESSOR_DIR)
+        if include_base:
+            model.base.save_pretrained(staging / BASE_DIR)
+        version = write_manifest(
+            staging, base_reference=None if include_base else model.base_reference
+        )
+    log.info("model.saved", checkpoint=str(directory), version=version, base=include_base)
+    return version
