@@ -107,7 +107,7 @@ __all__ = [
 _SOURCES = {
     "ABLATIONS": "configuration",
     "COMPONENTS": "configuration",
-    "PRESETS": "configuration",
+    "PRESETS": "presets",
     "MDFConfig": "configuration",
     "CheckpointError": "checkpoint",
     "ClassificationResult": "classifier",

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mdf_model.configuration import PRESETS
+from mdf_model.presets import PRESETS
 
 __all__ = ["add_commands"]
 

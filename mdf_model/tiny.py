@@ -19,8 +19,9 @@ import torch
 from transformers import MllamaForConditionalGeneration, MllamaImageProcessor, MllamaProcessor
 from transformers.models.mllama.modeling_mllama import MllamaCrossAttentionDecoderLayer
 
-from mdf_model.configuration import TINY_VOCAB_SIZE, MDFConfig
+from mdf_model.configuration import MDFConfig
 from mdf_model.modeling import MDFModel
+from mdf_model.presets import TINY_VOCAB_SIZE
 from mdf_model.pretrained import seeded
 from mdf_model.tokenizer import IMAGE_TOKEN, build_tiny_tokenizer
 
