@@ -89,6 +89,20 @@ class ReasonCode(enum.StrEnum):
     WORKER_ERROR = "worker_error"
     # Started max_attempts times and never finished (give_up).
     TOO_MANY_ATTEMPTS = "too_many_attempts"
+    # A delivery entry that is not a regular file inside the inbox, or too big to read.
+    SPECIAL_FILE = "special_file"
+    OUTSIDE_INBOX_LINK = "outside_inbox_link"
+    FILE_TOO_LARGE = "file_too_large"
+    # A manifest that cannot be decoded or parsed, and single rows that cannot be applied.
+    UNREADABLE_MANIFEST = "unreadable_manifest"
+    FIELD_TOO_LONG = "field_too_long"
+    UNKNOWN_LATERALITY = "unknown_laterality"
+    METADATA_CONFLICT = "metadata_conflict"
+    # A DICOM whose compressed frames contradict its header, or with too many frames.
+    CODESTREAM_MISMATCH = "codestream_mismatch"
+    TOO_MANY_FRAMES = "too_many_frames"
+    # The bytes a worker reads are not the ones intake registered.
+    CONTENT_CHANGED = "content_changed"
 
 
 #: The allowed changes: each status, and those an image in it may change to (``None``:

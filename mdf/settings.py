@@ -70,6 +70,26 @@ class Settings(BaseSettings):
         default=50_000_000, ge=1, description="Larger images are rejected as decompression bombs."
     )
     min_image_side: int = Field(default=64, ge=1, description="Smaller images are rejected.")
+    max_file_bytes: int = Field(
+        default=512 * 1024 * 1024,
+        ge=1,
+        description="Delivered files larger than this are rejected unread (file_too_large).",
+    )
+    max_frames: int = Field(
+        default=64,
+        ge=1,
+        description="DICOM files with more frames are rejected (fundus cameras send a few).",
+    )
+    claim_lease_s: int = Field(
+        default=300,
+        ge=10,
+        description="A worker's claim on a chunk expires unless renewed within this many seconds.",
+    )
+    analyst_role: str = Field(
+        default="mdf_analyst",
+        pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+        description="PostgreSQL role that `mdf db upgrade` lets read the analysts' views only.",
+    )
     model_dir: Path | None = Field(
         default=None, description="Checkpoint served when no model version is promoted yet."
     )
