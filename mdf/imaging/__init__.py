@@ -4,7 +4,7 @@
 way wherever pixels are needed (workers, training, the report, ``mdf classify``).
 """
 
-from mdf.imaging.files import ProbedFile, ProbedImage, load_frame, probe
+from mdf.imaging.files import ProbedFile, ProbedImage, decode_frame, load_frame, probe
 from mdf.imaging.rejection import Rejection
 
-__all__ = ["ProbedFile", "ProbedImage", "Rejection", "load_frame", "probe"]
+__all__ = ["ProbedFile", "ProbedImage", "Rejection", "decode_frame", "load_frame", "probe"]

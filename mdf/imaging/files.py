@@ -65,6 +65,7 @@ __all__ = [
     "ProbedFile",
     "ProbedImage",
     "Rejection",
+    "decode_frame",
     "load_frame",
     "probe",
 ]
@@ -155,11 +156,19 @@ def probe(
 def load_frame(path: Path, frame: int = 0, *, max_pixels: int = 50_000_000) -> np.ndarray:
     """Decode one image of a file as an HxWx3 uint8 RGB array; raise `Rejection` on failure.
 
-    The file passes the same checks as in `probe` first (except the minimum size, which is
-    intake's business), so a file replaced since intake cannot slip through. OSError from
-    reading the file propagates.
+    OSError from reading the file propagates.
     """
-    data = path.read_bytes()
+    return decode_frame(path.read_bytes(), frame, max_pixels=max_pixels)
+
+
+def decode_frame(data: bytes, frame: int = 0, *, max_pixels: int = 50_000_000) -> np.ndarray:
+    """Decode one image of a file's content as an HxWx3 uint8 RGB array, or raise `Rejection`.
+
+    The content passes the same checks as in `probe` first (except the minimum size, which
+    is intake's business), so a file replaced since intake cannot slip through. A caller
+    that must know what it decoded (the worker checks the registered sha256) reads the
+    bytes once and passes them here.
+    """
     kind = _sniff(data)
     if kind == "dicom":
         return decode_dicom_frame(data, frame, max_pixels)
