@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -107,6 +108,7 @@ def end_to_end(
     folder: Path, n: int, workers: int, database_url: str, args: argparse.Namespace, work: Path
 ) -> Run:
     """(b): from ingest to the last image done; CPU of the workers and of the ingest."""
+    key = secrets.token_hex(32)
     env = {
         **os.environ,
         "MDF_DATA_DIR": str(work / "data"),
@@ -114,7 +116,7 @@ def end_to_end(
         "MDF_MODEL_DIR": str(args.checkpoint),
         "MDF_CHUNK_SIZE": str(args.chunk_size),
         "MDF_MAX_NEW_TOKENS": str(args.max_new_tokens),
-        "MDF_PSEUDONYM_KEY": "bench",
+        "MDF_PSEUDONYM_KEY": key,
         "MDF_LOG_FORMAT": "json",
         "OMP_NUM_THREADS": str(args.threads),
     }
@@ -125,7 +127,7 @@ def end_to_end(
         database_url=database_url,
         broker_url=args.broker_url,
         chunk_size=args.chunk_size,
-        pseudonym_key="bench",
+        pseudonym_key=key,
     )
     logs = [work / f"worker-{workers}-{i}.log" for i in range(workers)]
     processes = []

@@ -6,10 +6,13 @@ import argparse
 import logging
 from collections.abc import Callable
 
+import sqlalchemy as sa
 import structlog
 from alembic import command, util
+from alembic.runtime.migration import MigrationContext
 
-from db.session import alembic_config
+from db.identifying import ANALYST_VIEWS
+from db.session import alembic_config, head_revision, make_engine
 from mdf.errors import CommandError
 from mdf.settings import Settings
 
@@ -32,10 +35,46 @@ def upgrade(url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(url), revision)
 
 
+def grant_analyst_views(url: str, role: str) -> bool:
+    """Create ``role`` if missing (NOLOGIN: an operator grants it to login roles) and let it
+    SELECT the analysts' views, and no table: the views carry no identifying column.
+
+    A view reads its tables with its owner's rights, so the role needs none on them. Below
+    the head revision the views may be older ones that still show file names: the role
+    then gets nothing. SQLite has no roles: whoever opens the file reads it all (False).
+    """
+    engine = make_engine(url)
+    try:
+        if engine.dialect.name != "postgresql":
+            return False
+        with engine.begin() as connection:
+            quoted = connection.dialect.identifier_preparer.quote(role)
+            connection.execute(
+                sa.text(
+                    f"DO $$ BEGIN CREATE ROLE {quoted} NOLOGIN; "
+                    "EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+                )
+            )
+            connection.execute(sa.text(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {quoted}"))
+            connection.execute(
+                sa.text(f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM {quoted}")
+            )
+            connection.execute(sa.text(f"GRANT USAGE ON SCHEMA public TO {quoted}"))
+            current = MigrationContext.configure(connection).get_current_revision()
+            # alembic_version too: the analysts' commands check the schema's revision.
+            for view in ("alembic_version", *ANALYST_VIEWS) if current == head_revision() else ():
+                connection.execute(sa.text(f"GRANT SELECT ON {view} TO {quoted}"))
+        return True
+    finally:
+        engine.dispose()
+
+
 def _upgrade(args: argparse.Namespace, settings: Settings) -> int:
     # Show each migration as it runs, unless the log level asks for less.
     logging.getLogger("alembic").setLevel(logging.getLogger().level)
     _migrate(command.upgrade, settings, args.revision)
+    if grant_analyst_views(settings.resolved_database_url, settings.analyst_role):
+        log.info("analyst_role_granted", role=settings.analyst_role, views=list(ANALYST_VIEWS))
     log.info("database_upgraded", revision=args.revision)
     return 0
 

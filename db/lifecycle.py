@@ -7,12 +7,18 @@ as it is, however many deliveries of its chunk are under way.
 - Intake inserts images ``registered`` or ``rejected`` (``registered``, ``rejected``).
 - The scheduler marks them ``queued`` when it sends them (``queue_registered``), and
   queues again those that stopped moving (``requeue_stalled``).
-- A worker claims ``queued`` or ``processing`` images (``claim``): a chunk can be
-  delivered more than once (a worker killed mid-chunk, the scheduler re-sending
-  stalled work, a broker restart), so what is still to do is decided here, never
-  from the message. Each claim counts an attempt.
+- A worker claims ``queued`` images, and ``processing`` ones whose claim lapsed
+  (``claim``): a chunk can be delivered more than once (a worker killed mid-chunk,
+  the scheduler re-sending stalled work, a broker restart), so what is still to do is
+  decided here, never from the message. A claim is a token and a lease: the worker
+  renews the lease while it works (``renew``); once it lapses the scheduler re-sends
+  the image (``requeue_expired``) and another claim may take it over.
+- The worker counts an attempt against the images it is about to work on
+  (``start``): all of a fresh chunk, which shares one forward pass, but one image at
+  a time for a chunk started before, so a crash is charged to the image in flight.
 - The worker marks them ``done`` with their prediction (``mark_done``) or ``failed``
-  with a reason (``mark_failed``).
+  with a reason (``mark_failed``), only while its token still holds them: a worker
+  whose claim was taken over cannot write.
 - An image started ``max_attempts`` times without finishing is most likely what kills
   its workers: claim and requeue give up on it (``give_up``), so the batch goes on.
 
@@ -21,17 +27,18 @@ Why an image was rejected or failed is a ``ReasonCode``, stored as its string va
 
 from __future__ import annotations
 
-import enum
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import Any
 
-from sqlalchemy import Update, bindparam, func, or_, select, update
+from sqlalchemy import ColumnElement, Update, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from db.models import Image, ImageStatus, utcnow
+from db.reason_codes import ReasonCode
 
 __all__ = [
     "CLAIMABLE",
@@ -53,56 +60,12 @@ __all__ = [
     "queue_registered",
     "registered",
     "rejected",
+    "renew",
+    "requeue_expired",
     "requeue_stalled",
+    "start",
     "status_counts",
 ]
-
-
-class ReasonCode(enum.StrEnum):
-    """Why an image was rejected or failed: stable values for machines and statistics."""
-
-    # A file refused for its content (mdf.imaging's Rejection), at intake or by a worker
-    # decoding it again.
-    EMPTY_FILE = "empty_file"
-    NOT_AN_IMAGE = "not_an_image"
-    UNSUPPORTED_FORMAT = "unsupported_format"
-    TRUNCATED = "truncated"
-    NO_PIXEL_DATA = "no_pixel_data"
-    UNSUPPORTED_MODALITY = "unsupported_modality"
-    UNSUPPORTED_SOP_CLASS = "unsupported_sop_class"
-    GRAYSCALE = "grayscale"
-    UNSUPPORTED_TRANSFER_SYNTAX = "unsupported_transfer_syntax"
-    TOO_LARGE = "too_large"
-    TOO_SMALL = "too_small"
-    DECODE_ERROR = "decode_error"
-    # A file intake or a worker cannot read at all.
-    UNREADABLE = "unreadable"
-    # A manifest row that names no usable file.
-    BAD_MANIFEST = "bad_manifest"
-    OUTSIDE_INBOX = "outside_inbox"
-    MISSING_FILE = "missing_file"
-    # A worker's failures: the model refuses the picture, or preparing it, the forward
-    # pass or the whole chunk raised.
-    UNUSABLE_IMAGE = "unusable_image"
-    PREPROCESS_ERROR = "preprocess_error"
-    INFERENCE_ERROR = "inference_error"
-    WORKER_ERROR = "worker_error"
-    # Started max_attempts times and never finished (give_up).
-    TOO_MANY_ATTEMPTS = "too_many_attempts"
-    # A delivery entry that is not a regular file inside the inbox, or too big to read.
-    SPECIAL_FILE = "special_file"
-    OUTSIDE_INBOX_LINK = "outside_inbox_link"
-    FILE_TOO_LARGE = "file_too_large"
-    # A manifest that cannot be decoded or parsed, and single rows that cannot be applied.
-    UNREADABLE_MANIFEST = "unreadable_manifest"
-    FIELD_TOO_LONG = "field_too_long"
-    UNKNOWN_LATERALITY = "unknown_laterality"
-    METADATA_CONFLICT = "metadata_conflict"
-    # A DICOM whose compressed frames contradict its header, or with too many frames.
-    CODESTREAM_MISMATCH = "codestream_mismatch"
-    TOO_MANY_FRAMES = "too_many_frames"
-    # The bytes a worker reads are not the ones intake registered.
-    CONTENT_CHANGED = "content_changed"
 
 
 #: The allowed changes: each status, and those an image in it may change to (``None``:
@@ -172,6 +135,7 @@ class ClaimedImage:
 
     id: int
     batch_id: int
+    sha256: str
     source_path: str
     frame: int
     clinical_text: str | None
@@ -180,13 +144,21 @@ class ClaimedImage:
 
 @dataclass(frozen=True)
 class Claim:
+    token: str  # what the worker shows to renew, start and finish its images
     images: list[ClaimedImage]
     exhausted: list[int]  # given up: started max_attempts times already
-    skipped: list[int]  # done, failed, rejected, registered or unknown: nothing to do
+    # done, failed, rejected, registered, unknown, or held by another live claim
+    skipped: list[int]
 
 
 def _entering(target: ImageStatus, now: datetime) -> dict[str, Any]:
-    return {"status": target, "status_changed_at": now, _STAMPS[target]: now}
+    """The status, its stamps, and no lease: only a claim (``processing``) holds one."""
+    return {
+        "status": target,
+        "status_changed_at": now,
+        _STAMPS[target]: now,
+        "lease_expires_at": None,
+    }
 
 
 def _change(target: ImageStatus, *where: Any, **values: Any) -> Update:
@@ -212,9 +184,10 @@ def rejected(code: ReasonCode, reason: str) -> dict[str, Any]:
 
 
 def mark_queued(session: Session, image_ids: Sequence[int]) -> None:
-    """Mark images queued: the scheduler is about to send them."""
+    """Mark images queued: the scheduler is about to send them. A lapsed claim is void."""
     for start in range(0, len(image_ids), 1000):
-        session.execute(_change(ImageStatus.QUEUED, Image.id.in_(image_ids[start : start + 1000])))
+        chunk = Image.id.in_(image_ids[start : start + 1000])
+        session.execute(_change(ImageStatus.QUEUED, chunk, claim_token=None))
 
 
 def queue_registered(session: Session, batch_id: int | None = None) -> list[int]:
@@ -230,7 +203,9 @@ def queue_registered(session: Session, batch_id: int | None = None) -> list[int]
     return image_ids
 
 
-def give_up(session: Session, image_ids: Iterable[int], max_attempts: int) -> list[int]:
+def give_up(
+    session: Session, image_ids: Iterable[int], max_attempts: int, *where: ColumnElement[bool]
+) -> list[int]:
     """Fail the images started ``max_attempts`` times already; returns their ids."""
     ids = sorted(set(image_ids))
     if not ids:
@@ -239,25 +214,34 @@ def give_up(session: Session, image_ids: Iterable[int], max_attempts: int) -> li
         ImageStatus.FAILED,
         Image.id.in_(ids),
         Image.attempts >= max_attempts,
+        *where,
         reason_code=ReasonCode.TOO_MANY_ATTEMPTS,
         reason=f"no worker finished it in {max_attempts} attempts",
     )
     return sorted(session.scalars(statement.returning(Image.id)))
 
 
-def requeue_stalled(
-    session: Session, *, older_than_s: float, max_attempts: int
-) -> tuple[list[int], list[int]]:
-    """Queue again the images that sat in ``queued`` or ``processing`` too long.
+def _lapsed(now: datetime) -> ColumnElement[bool]:
+    """A ``processing`` image whose claim's lease ran out: its worker stopped renewing."""
+    return (Image.status == ImageStatus.PROCESSING) & (Image.lease_expires_at <= now)
 
-    Images never queued (``registered``) are queued too; those started ``max_attempts``
-    times are given up instead. Returns (queued, failed) image ids, for sending.
-    """
-    cutoff = utcnow() - timedelta(seconds=older_than_s)
-    stalled = Image.status.in_(CLAIMABLE) & (Image.status_changed_at <= cutoff)
+
+def _unheld(now: datetime, token: str) -> ColumnElement[bool]:
+    """No live claim but ``token``'s holds the image (a row claimed before leases: none)."""
+    return or_(
+        Image.status != ImageStatus.PROCESSING,
+        Image.lease_expires_at.is_(None),
+        Image.lease_expires_at <= now,
+        Image.claim_token == token,
+    )
+
+
+def _requeue(
+    session: Session, where: ColumnElement[bool], max_attempts: int
+) -> tuple[list[int], list[int]]:
     rows = session.execute(
         select(Image.id, Image.attempts)
-        .where(stalled | (Image.status == ImageStatus.REGISTERED))
+        .where(where)
         .order_by(Image.id)
         .with_for_update(skip_locked=True)
     ).all()
@@ -268,18 +252,62 @@ def requeue_stalled(
     return retry, failed
 
 
-def claim(session: Session, image_ids: Iterable[int], *, max_attempts: int) -> Claim:
-    """Mark a chunk's claimable images ``processing`` and count the attempt.
+def requeue_stalled(
+    session: Session, *, older_than_s: float, max_attempts: int
+) -> tuple[list[int], list[int]]:
+    """Queue again the images whose claim lapsed, and those ``queued`` too long.
 
-    Images started ``max_attempts`` times already are given up instead; the others
-    (finished, registered, unknown) are skipped.
+    A ``processing`` image under a live claim is left to its worker however long it
+    takes; one claimed before leases existed counts as stalled after ``older_than_s``.
+    Images never queued (``registered``) are queued too; those started ``max_attempts``
+    times are given up instead. Returns (queued, failed) image ids, for sending.
     """
+    now = utcnow()
+    stalled = (
+        Image.status.in_(CLAIMABLE)
+        & Image.lease_expires_at.is_(None)
+        & (Image.status_changed_at <= now - timedelta(seconds=older_than_s))
+    )
+    return _requeue(
+        session, stalled | _lapsed(now) | (Image.status == ImageStatus.REGISTERED), max_attempts
+    )
+
+
+def requeue_expired(session: Session, *, max_attempts: int) -> tuple[list[int], list[int]]:
+    """Queue again only the images whose claim lapsed: cheap enough to run every minute."""
+    return _requeue(session, _lapsed(utcnow()), max_attempts)
+
+
+def claim(
+    session: Session,
+    image_ids: Iterable[int],
+    *,
+    max_attempts: int,
+    lease_s: float,
+    token: str | None = None,
+) -> Claim:
+    """Mark a chunk's claimable images ``processing`` under a new claim; count no attempt.
+
+    ``token`` names the claim (a task's id: its own retry takes its images back at
+    once); images another live claim holds are skipped, as are finished, registered and
+    unknown ones. Unheld images started ``max_attempts`` times already are given up.
+    """
+    token = token or uuid.uuid4().hex
+    now = utcnow()
     ids = sorted(set(image_ids))
-    exhausted = give_up(session, ids, max_attempts)
+    exhausted = give_up(session, ids, max_attempts, _unheld(now, token))
     rows = session.execute(
-        _change(ImageStatus.PROCESSING, Image.id.in_(ids), attempts=Image.attempts + 1).returning(
+        _change(
+            ImageStatus.PROCESSING,
+            Image.id.in_(ids),
+            _unheld(now, token),
+            claim_token=token,
+        )
+        .values(lease_expires_at=now + timedelta(seconds=lease_s))
+        .returning(
             Image.id,
             Image.batch_id,
+            Image.sha256,
             Image.source_path,
             Image.frame,
             Image.clinical_text,
@@ -288,17 +316,56 @@ def claim(session: Session, image_ids: Iterable[int], *, max_attempts: int) -> C
     ).all()
     images = sorted((ClaimedImage(*row) for row in rows), key=lambda image: image.id)
     taken = {image.id for image in images} | set(exhausted)
-    return Claim(images, exhausted, [i for i in ids if i not in taken])
+    return Claim(token, images, exhausted, [i for i in ids if i not in taken])
 
 
-def mark_done(session: Session, image_ids: Iterable[int]) -> None:
-    """Mark images done: their prediction is written. A reason left by a failure goes."""
+def _held(image_ids: Iterable[int], token: str) -> Update:
+    """UPDATE the images of ``image_ids`` that ``token``'s claim still holds."""
+    return (
+        update(Image)
+        .where(
+            Image.id.in_(sorted(set(image_ids))),
+            Image.claim_token == token,
+            Image.status == ImageStatus.PROCESSING,
+        )
+        .execution_options(synchronize_session=False)
+    )
+
+
+def start(session: Session, image_ids: Iterable[int], token: str) -> list[int]:
+    """Count an attempt against the images about to be worked on; returns those still held."""
+    statement = _held(image_ids, token).values(attempts=Image.attempts + 1)
+    return sorted(session.scalars(statement.returning(Image.id)))
+
+
+def renew(session: Session, image_ids: Iterable[int], token: str, lease_s: float) -> list[int]:
+    """Extend the lease on the images ``token`` still holds; returns their ids."""
+    statement = _held(image_ids, token).values(
+        lease_expires_at=utcnow() + timedelta(seconds=lease_s)
+    )
+    return sorted(session.scalars(statement.returning(Image.id)))
+
+
+def mark_done(session: Session, image_ids: Iterable[int], token: str) -> list[int]:
+    """Mark done the images ``token``'s claim still holds; returns their ids.
+
+    The caller writes their predictions, and only theirs, in the same transaction. A
+    reason left by a failure goes (a late result of the claim that was given up on).
+    """
     ids = sorted(set(image_ids))  # one lock order for every writer
-    session.execute(_change(ImageStatus.DONE, Image.id.in_(ids), reason_code=None, reason=None))
+    statement = _change(
+        ImageStatus.DONE,
+        Image.id.in_(ids),
+        Image.claim_token == token,
+        reason_code=None,
+        reason=None,
+    )
+    return sorted(session.scalars(statement.returning(Image.id)))
 
 
-def mark_failed(session: Session, failures: Mapping[int, Failure]) -> None:
-    """Fail images with their own reasons; an image finished meanwhile stays as it is."""
+def mark_failed(session: Session, failures: Mapping[int, Failure], token: str) -> None:
+    """Fail images with their own reasons, if ``token``'s claim still holds them; an image
+    finished meanwhile stays as it is."""
     if not failures:
         return
     images = Image.__table__
@@ -306,6 +373,7 @@ def mark_failed(session: Session, failures: Mapping[int, Failure]) -> None:
         update(images)
         .where(
             images.c.id == bindparam("failed_id"),
+            images.c.claim_token == bindparam("failed_token"),
             # IN () cannot be combined with executemany: spell it out
             or_(*(images.c.status == status for status in allowed_from(ImageStatus.FAILED))),
         )
@@ -315,7 +383,12 @@ def mark_failed(session: Session, failures: Mapping[int, Failure]) -> None:
             reason=bindparam("failed_reason"),
         ),
         [
-            {"failed_id": image_id, "failed_code": f.code, "failed_reason": f.reason}
+            {
+                "failed_id": image_id,
+                "failed_token": token,
+                "failed_code": f.code,
+                "failed_reason": f.reason,
+            }
             for image_id, f in sorted(failures.items())
         ],
     )

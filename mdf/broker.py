@@ -14,19 +14,32 @@ import fcntl
 import subprocess
 import time
 from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import redis
 import structlog
 
+from mdf.secret_files import read_secret
 from mdf.settings import Settings
 
 log = structlog.get_logger(__name__)
 
 
 def broker_url(settings: Settings) -> str:
-    if settings.broker_url:
+    """The broker URL, with the password of MDF_BROKER_PASSWORD_FILE when one is set."""
+    if not settings.broker_url:
+        return f"redis+socket://{ensure_embedded_redis(settings.data_dir)}"
+    if settings.broker_password_file is None:
         return settings.broker_url
-    return f"redis+socket://{ensure_embedded_redis(settings.data_dir)}"
+    return with_password(settings.broker_url, read_secret(settings.broker_password_file))
+
+
+def with_password(url: str, password: str) -> str:
+    """``url`` with ``password`` in place of any it held (``redis://[user]:password@host``)."""
+    parts = urlsplit(url)
+    credentials, _, host = parts.netloc.rpartition("@")
+    user = credentials.partition(":")[0]  # as given, percent-encoded
+    return urlunsplit(parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}"))
 
 
 def ensure_embedded_redis(data_dir: Path, *, timeout_s: float = 10.0) -> Path:

@@ -22,6 +22,7 @@ TRAINING_QUEUE = "training"
 CLASSIFY_CHUNK = "mdf.classify_chunk"
 SCAN_INBOXES = "mdf.scan_inboxes"
 REQUEUE_STALLED = "mdf.requeue_stalled"
+REQUEUE_EXPIRED = "mdf.requeue_expired_claims"
 TRAIN = "mdf.train"
 
 #: The key of ``app.conf`` that holds the settings the app was built from.
@@ -47,6 +48,7 @@ def create_app(settings: Settings) -> Celery:
             CLASSIFY_CHUNK: {"queue": INFERENCE_QUEUE},
             SCAN_INBOXES: {"queue": INTAKE_QUEUE},
             REQUEUE_STALLED: {"queue": INTAKE_QUEUE},
+            REQUEUE_EXPIRED: {"queue": INTAKE_QUEUE},
             TRAIN: {"queue": TRAINING_QUEUE},
         },
         task_default_queue=INTAKE_QUEUE,
@@ -64,6 +66,9 @@ def create_app(settings: Settings) -> Celery:
                 "task": REQUEUE_STALLED,
                 "schedule": crontab.from_string(settings.requeue_cron),
             },
+            # A lapsed claim (its worker died) is re-sent within a minute of lapsing; the
+            # query only reads processing images whose lease ran out.
+            "requeue-expired-claims": {"task": REQUEUE_EXPIRED, "schedule": crontab()},
             "train": {"task": TRAIN, "schedule": crontab.from_string(settings.train_cron)},
         },
         beat_schedule_filename=str(settings.data_dir / "celerybeat-schedule"),

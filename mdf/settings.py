@@ -6,16 +6,20 @@ configuration from here. Precedence, lowest first: the defaults below, a
 (``mdf``'s flags, which ``mdf.cli`` passes as ``Settings(**flags)``). Each process
 builds its settings once and passes them down; a command that changes one value
 (``mdf worker --device``) makes a copy with ``settings.model_copy(update=...)``.
+Secrets may instead live in files, as Docker secrets do (``MDF_PSEUDONYM_KEY_FILE``,
+``MDF_DATABASE_PASSWORD_FILE``, ``MDF_BROKER_PASSWORD_FILE``); none shows in ``repr``.
 """
 
 from __future__ import annotations
 
-import secrets
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import make_url
+
+from mdf.secret_files import GENERATE_HINT, UnusableSecret, embedded_key, key_problem, read_secret
 
 
 class Settings(BaseSettings):
@@ -27,10 +31,12 @@ class Settings(BaseSettings):
     )
     database_url: str | None = Field(
         default=None,
+        repr=False,  # may hold a password
         description="SQLAlchemy URL; default: a SQLite file in the data directory.",
     )
     broker_url: str | None = Field(
         default=None,
+        repr=False,  # may hold a password
         description="Redis URL of the Celery broker; default: an embedded Redis server.",
     )
     inboxes: Annotated[list[Path], NoDecode] = Field(
@@ -39,7 +45,17 @@ class Settings(BaseSettings):
     )
     pseudonym_key: SecretStr | None = Field(
         default=None,
-        description="HMAC key for patient pseudonyms; default: a random key kept in the data dir.",
+        description="HMAC key for patient pseudonyms, at least 32 bytes; required with a database "
+        "other than SQLite; default: a random key kept in the data dir.",
+    )
+    pseudonym_key_file: Path | None = Field(
+        default=None, description="File holding the pseudonym key (Docker secrets)."
+    )
+    database_password_file: Path | None = Field(
+        default=None, description="File holding the password of MDF_DATABASE_URL (Docker secrets)."
+    )
+    broker_password_file: Path | None = Field(
+        default=None, description="File holding the password of MDF_BROKER_URL (Docker secrets)."
     )
     chunk_size: int = Field(default=16, ge=1, le=1024, description="Images per inference task.")
     requeue_after_s: int = Field(
@@ -112,6 +128,22 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    @field_validator("pseudonym_key_file", "database_password_file", "broker_password_file")
+    @classmethod
+    def _secret_file_holds_a_secret(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        """A configured secret file that is missing or empty stops every command at once."""
+        if path is None:
+            return None
+        read_secret(path)
+        data = info.data
+        if info.field_name == "pseudonym_key_file" and data.get("pseudonym_key") is not None:
+            raise ValueError("set MDF_PSEUDONYM_KEY or MDF_PSEUDONYM_KEY_FILE, not both")
+        if info.field_name == "database_password_file" and not data.get("database_url"):
+            raise ValueError("needs MDF_DATABASE_URL (the embedded SQLite has no password)")
+        if info.field_name == "broker_password_file" and not data.get("broker_url"):
+            raise ValueError("needs MDF_BROKER_URL (the embedded Redis has no password)")
+        return path
+
     @field_validator("scan_cron", "requeue_cron", "train_cron")
     @classmethod
     def _five_cron_fields(cls, value: str) -> str:
@@ -123,21 +155,38 @@ class Settings(BaseSettings):
 
     @property
     def resolved_database_url(self) -> str:
-        if self.database_url:
+        """The database URL, with the password of MDF_DATABASE_PASSWORD_FILE when one is set."""
+        if not self.database_url:
+            return f"sqlite:///{(self.data_dir / 'mdf.sqlite3').resolve()}"
+        if self.database_password_file is None:
             return self.database_url
-        return f"sqlite:///{(self.data_dir / 'mdf.sqlite3').resolve()}"
+        url = make_url(self.database_url).set(password=read_secret(self.database_password_file))
+        return url.render_as_string(hide_password=False)
 
     @property
     def masks_dir(self) -> Path:
         return self.data_dir / "masks"
 
     def resolved_pseudonym_key(self) -> bytes:
-        """The pseudonym key; a local key file is created once when none is configured."""
+        """The pseudonym key, or :class:`UnusableSecret` (one line) when it would not protect
+        patients. Commands that pseudonymise call it before they touch the database.
+
+        Only a SQLite database gets a default key (a file in the data directory, created
+        once): a shared database outlives the data directory of any one machine, and a lost
+        key splits every patient's history in two.
+        """
         if self.pseudonym_key is not None:
-            return self.pseudonym_key.get_secret_value().encode()
-        key_file = self.data_dir / "pseudonym.key"
-        if not key_file.exists():
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            key_file.touch(mode=0o600)
-            key_file.write_text(secrets.token_hex(32))
-        return key_file.read_text().strip().encode()
+            source, key = "MDF_PSEUDONYM_KEY", self.pseudonym_key.get_secret_value()
+        elif self.pseudonym_key_file is not None:
+            source, key = "MDF_PSEUDONYM_KEY_FILE", read_secret(self.pseudonym_key_file)
+        elif not self.database_url or make_url(self.database_url).get_backend_name() == "sqlite":
+            path = self.data_dir / "pseudonym.key"
+            source, key = f"the key file {path}", embedded_key(path)
+        else:
+            raise UnusableSecret(
+                "MDF_PSEUDONYM_KEY or MDF_PSEUDONYM_KEY_FILE must be set with a database other "
+                f"than SQLite; {GENERATE_HINT}"
+            )
+        if problem := key_problem(key):
+            raise UnusableSecret(f"{source} {problem}: refused as a pseudonym key; {GENERATE_HINT}")
+        return key.encode()

@@ -12,7 +12,8 @@ Inference API
     from mdf_model import load_classifier, build_tiny_checkpoint
 
     build_tiny_checkpoint(directory, *, seed=0, labels=None, **config_changes) -> Path
-    classifier = load_classifier(checkpoint_dir, device="cpu", dtype=None, *, base_dir=None)
+    classifier = load_classifier(checkpoint_dir, device="cpu", dtype=None, *, base_dir=None,
+                                 expected_manifest_sha256=None)  # refused unless it matches
     classifier.version_hash  # manifest hash of the checkpoint (64 hex digits)
     classifier.labels        # list[str], from the configuration
     classifier.model         # MDFModel (an nn.Module)

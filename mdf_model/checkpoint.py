@@ -13,7 +13,14 @@ When the base weights are unchanged, ``base/`` is left out and the manifest reco
 to the original base directory with the hashes of its weight files instead. The manifest hash
 (the sha256 of the canonical JSON of the file table and base reference) is the checkpoint's
 version id. Loading verifies every hash before reading any weight, so a corrupt, truncated or
-swapped file is a `CheckpointError` naming that file, never a partial load.
+swapped file is a `CheckpointError` naming that file, never a partial load. A file in the
+directory that the manifest does not list makes the checkpoint invalid too: the loaders read
+more than the files named above (a tokenizer's extra files, sharded weights), so an unlisted
+file could change what is served without changing the version id.
+
+The version id is computed from the manifest content that is parsed once and used to verify
+the files, never taken from a second read, so a caller that expects a version (the worker,
+from the database) compares it with exactly what was verified.
 """
 
 from __future__ import annotations
@@ -29,25 +36,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import structlog
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, load_file, save_file
 from torch import nn
 
 __all__ = [
     "CheckpointError",
     "Manifest",
     "load_module_strict",
+    "read_verified",
     "save_module",
     "staging_directory",
     "verify_manifest",
     "write_manifest",
 ]
 
-log = structlog.get_logger(__name__)
-
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "mdf-checkpoint/1"
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # a real one lists tens of files
 _CHUNK = 8 * 1024 * 1024
 
 
@@ -100,15 +106,26 @@ def base_weight_files(base_dir: Path) -> list[str]:
     return names
 
 
+def _directory_entries(directory: Path) -> list[str]:
+    """Every entry under ``directory`` but the directories themselves, relative, without
+    following links: files, links (to directories too), sockets and pipes alike."""
+    entries = []
+    for root, dirs, files in os.walk(directory):
+        here = Path(root)
+        links = [d for d in dirs if (here / d).is_symlink()]
+        entries += [(here / n).relative_to(directory).as_posix() for n in [*files, *links]]
+    return entries
+
+
 def write_manifest(directory: Path, *, base_reference: Path | None = None) -> str:
     """Hash every file of ``directory`` (and the referenced base), write the manifest, return
     the version hash."""
     files = _entries(
         directory,
         [
-            p.relative_to(directory).as_posix()
-            for p in directory.rglob("*")
-            if p.is_file() and p.name != MANIFEST_NAME
+            rel
+            for rel in _directory_entries(directory)
+            if rel != MANIFEST_NAME and (directory / rel).is_file()
         ],
     )
     reference = None
@@ -143,13 +160,34 @@ def _verify_files(root: Path, files: dict[str, Any]) -> None:
             raise CheckpointError(f"{path}: content hash does not match the manifest (corrupt)")
 
 
-def verify_manifest(directory: Path, *, base_dir: Path | None = None) -> Manifest:
-    """Check every file against the manifest; ``base_dir`` relocates a referenced base."""
-    manifest_path = directory / MANIFEST_NAME
-    if not manifest_path.is_file():
-        raise CheckpointError(f"{manifest_path}: missing; {directory} is not an MDF checkpoint")
+def _read_manifest(manifest_path: Path) -> bytes:
     try:
-        manifest = json.loads(manifest_path.read_text())
+        with manifest_path.open("rb") as stream:
+            raw = stream.read(MAX_MANIFEST_BYTES + 1)
+    except FileNotFoundError as error:
+        raise CheckpointError(
+            f"{manifest_path}: missing; {manifest_path.parent} is not an MDF checkpoint"
+        ) from error
+    except OSError as error:
+        raise CheckpointError(f"{manifest_path}: unreadable ({error})") from error
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise CheckpointError(f"{manifest_path}: larger than {MAX_MANIFEST_BYTES} bytes")
+    return raw
+
+
+def verify_manifest(
+    directory: Path, *, base_dir: Path | None = None, expected_version: str | None = None
+) -> Manifest:
+    """Check every file against the manifest; ``base_dir`` relocates a referenced base.
+
+    ``expected_version`` (the version id a database registered) refuses a checkpoint whose
+    manifest was rewritten since, before any file is hashed. A file the manifest does not
+    list is a `CheckpointError` naming it by its path inside the checkpoint.
+    """
+    manifest_path = directory / MANIFEST_NAME
+    raw = _read_manifest(manifest_path)
+    try:
+        manifest = json.loads(raw)
         files = manifest["files"]
         reference = manifest["base_reference"]
         recorded = manifest["version_hash"]
@@ -163,21 +201,26 @@ def verify_manifest(directory: Path, *, base_dir: Path | None = None) -> Manifes
                 raise TypeError(f"bad entry for {rel}")
             if Path(rel).is_absolute() or ".." in Path(rel).parts:
                 raise CheckpointError(f"{manifest_path}: file {rel!r} lies outside the checkpoint")
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as error:
+        version = _version_hash(files, reference)
+    except (json.JSONDecodeError, AttributeError, KeyError, TypeError, UnicodeDecodeError) as error:
         raise CheckpointError(f"{manifest_path}: not a valid manifest ({error!r})") from error
-    if _version_hash(files, reference) != recorded:
+    if version != recorded:
         raise CheckpointError(f"{manifest_path}: version hash does not match its file table")
+    if expected_version is not None and version != expected_version:
+        raise CheckpointError(
+            f"{MANIFEST_NAME}: manifest hash {version} differs from the registered "
+            f"{expected_version}: the checkpoint was replaced after it was registered"
+        )
 
-    _verify_files(directory, files)
     unlisted = sorted(
-        p.relative_to(directory).as_posix()
-        for p in directory.rglob("*")
-        if p.is_file()
-        and p.name != MANIFEST_NAME
-        and p.relative_to(directory).as_posix() not in files
+        rel for rel in _directory_entries(directory) if rel != MANIFEST_NAME and rel not in files
     )
     if unlisted:
-        log.warning("checkpoint.unlisted_files", directory=str(directory), files=unlisted)
+        raise CheckpointError(
+            f"{unlisted[0]}: in the checkpoint but not listed in its manifest "
+            f"({len(unlisted)} unlisted file(s))"
+        )
+    _verify_files(directory, files)
 
     base_path = None
     if reference is not None:
@@ -185,17 +228,34 @@ def verify_manifest(directory: Path, *, base_dir: Path | None = None) -> Manifes
         if not base_path.is_dir():
             raise CheckpointError(f"{base_path}: referenced base model directory not found")
         _verify_files(base_path, reference["files"])
-    return Manifest(version_hash=recorded, files=files, base_reference=base_path)
+    return Manifest(version_hash=version, files=files, base_reference=base_path)
+
+
+def read_verified(directory: Path, manifest: Manifest, rel: str) -> bytes:
+    """A listed file's bytes, checked against the manifest once more as they are read: what is
+    parsed is what was verified, even if the file was replaced since `verify_manifest`."""
+    path = directory / rel
+    entry = manifest.files.get(rel)
+    if entry is None:
+        raise CheckpointError(f"{path}: not listed in the manifest")
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise CheckpointError(f"{path}: unreadable ({error})") from error
+    if len(data) != entry["size"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        raise CheckpointError(f"{path}: changed while the checkpoint was being loaded")
+    return data
 
 
 def save_module(module: nn.Module, path: Path) -> None:
     save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()}, str(path))
 
 
-def load_module_strict(module: nn.Module, path: Path) -> None:
-    """Load a safetensors file into ``module``: same keys, same shapes, or a CheckpointError."""
+def load_module_strict(module: nn.Module, path: Path, data: bytes | None = None) -> None:
+    """Load a safetensors file (its ``data`` when already read) into ``module``: same keys,
+    same shapes, or a CheckpointError."""
     try:
-        state = load_file(str(path))
+        state = load_file(str(path)) if data is None else load(data)
     except (SafetensorError, OSError) as error:
         raise CheckpointError(f"{path}: unreadable safetensors file ({error})") from error
     expected = module.state_dict()

@@ -218,7 +218,15 @@ def load_classifier(
     dtype: torch.dtype | None = None,
     *,
     base_dir: str | Path | None = None,
+    expected_manifest_sha256: str | None = None,
 ) -> Classifier:
-    """Load and verify a checkpoint directory (see `MDFModel.from_pretrained`)."""
-    model = MDFModel.from_pretrained(checkpoint_dir, device=device, dtype=dtype, base_dir=base_dir)
+    """Load and verify a checkpoint directory (see `MDFModel.from_pretrained`); with
+    ``expected_manifest_sha256``, only the checkpoint of that version id."""
+    model = MDFModel.from_pretrained(
+        checkpoint_dir,
+        device=device,
+        dtype=dtype,
+        base_dir=base_dir,
+        expected_manifest_sha256=expected_manifest_sha256,
+    )
     return Classifier(model)

@@ -10,6 +10,7 @@ directory format itself (manifest, hashes, atomic writes) is checkpoint.py's.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +24,7 @@ from transformers import AutoProcessor, MllamaForConditionalGeneration, Processo
 from mdf_model.checkpoint import (
     CheckpointError,
     load_module_strict,
+    read_verified,
     save_module,
     staging_directory,
     verify_manifest,
@@ -45,11 +47,13 @@ BASE_DIR = "base"
 
 
 def _load_base(directory: Path, dtype: torch.dtype | None) -> MllamaForConditionalGeneration:
-    """``from_pretrained`` from a local directory, refusing anything but an exact match."""
+    """``from_pretrained`` from a local directory, refusing anything but an exact match, and
+    safetensors only: a pickled ``pytorch_model.bin`` is never read."""
     try:
         base, info = MllamaForConditionalGeneration.from_pretrained(
             directory,
             local_files_only=True,
+            use_safetensors=True,
             dtype=dtype if dtype is not None else "auto",
             output_loading_info=True,
         )
@@ -68,11 +72,12 @@ def _load_processor(directory: Path) -> ProcessorMixin:
         raise CheckpointError(f"{directory}: cannot load the processor ({error})") from error
 
 
-def read_config(directory: Path) -> MDFConfig:
-    """The configuration of a checkpoint directory (not verified against the manifest)."""
+def read_config(directory: Path, data: bytes | None = None) -> MDFConfig:
+    """The configuration of a checkpoint directory (from ``data``, its verified bytes, when
+    given; else read unverified)."""
     path = directory / CONFIG_NAME
     try:
-        return MDFConfig.from_json_file(path)
+        return MDFConfig.from_dict(json.loads(path.read_bytes() if data is None else data))
     except (OSError, ValueError, TypeError) as error:
         raise CheckpointError(f"{path}: not a valid MDF configuration ({error})") from error
 
@@ -132,16 +137,22 @@ def from_pretrained(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
     base_dir: str | Path | None = None,
+    expected_manifest_sha256: str | None = None,
 ) -> MDFModel:
     """Load a checkpoint directory after verifying its manifest (see checkpoint.py).
 
     ``base_dir`` points a checkpoint that refers to an external base model at a new location
-    of that base; its files must still match the recorded hashes. Returns the model in eval
-    mode.
+    of that base; its files must still match the recorded hashes. ``expected_manifest_sha256``
+    (the version id a database registered) refuses a checkpoint changed since, before any
+    weight is read. Returns the model in eval mode.
     """
     directory = Path(directory)
-    manifest = verify_manifest(directory, base_dir=None if base_dir is None else Path(base_dir))
-    config = read_config(directory)
+    manifest = verify_manifest(
+        directory,
+        base_dir=None if base_dir is None else Path(base_dir),
+        expected_version=expected_manifest_sha256,
+    )
+    config = read_config(directory, read_verified(directory, manifest, CONFIG_NAME))
 
     weight_files = {name: (directory / name).is_file() for name in (UNET_WEIGHTS, FUSION_WEIGHTS)}
     for name, present in weight_files.items():
@@ -172,8 +183,8 @@ def from_pretrained(
             f"{directory / CONFIG_NAME}: does not fit {base_path} ({error})"
         ) from error
     if not config.baseline:
-        load_module_strict(model.unet, directory / UNET_WEIGHTS)
-        load_module_strict(_fusion_parts(model), directory / FUSION_WEIGHTS)
+        for module, name in ((model.unet, UNET_WEIGHTS), (_fusion_parts(model), FUSION_WEIGHTS)):
+            load_module_strict(module, directory / name, read_verified(directory, manifest, name))
     model.to(device=device, dtype=base.dtype)
     model.version_hash = manifest.version_hash
     log.info("model.loaded", checkpoint=str(directory), version=manifest.version_hash)

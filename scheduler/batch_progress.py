@@ -14,6 +14,7 @@ from typing import TextIO
 import structlog
 
 from db.lifecycle import PENDING, ImageStatus
+from mdf.terminal import printable
 
 log = structlog.get_logger(__name__)
 
@@ -72,7 +73,7 @@ class ProgressDisplay:
         """Show ``progress``; ``final`` ends the line (or always logs)."""
         if self.terminal is not None:
             end = "\n" if final else ""
-            self.terminal.write(f"\r{progress.line(self.batch)}\x1b[K{end}")
+            self.terminal.write(f"\r{printable(progress.line(self.batch))}\x1b[K{end}")
             self.terminal.flush()
             self._line_open = not final
             return

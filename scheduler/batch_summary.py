@@ -2,7 +2,9 @@
 rejected or failed file with its reason, and where the results are.
 
 Paths are shown relative to the delivered folder, on standard output only, for the
-operator who has to find the file; they never go to the logs.
+operator who has to find the file; they never go to the logs. File names and reasons
+come from the delivery: every line loses its control characters, so a name cannot
+erase or rewrite the lines about failures.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from sqlalchemy import func, make_url, select
 from sqlalchemy.orm import Session
 
 from db.models import Image, ImageStatus, ModelVersion, Prediction
+from db.stored_path import from_stored
 from mdf.settings import Settings
+from mdf.terminal import printable
 from scheduler.intake import IngestReport
 
 #: Problem lines shown; a bad night lists the rest in the database, not on the screen.
@@ -70,7 +74,7 @@ class Summary:
             f"  masks     {self.masks_dir}",
             f"  look      mdf results --batch {self.batch}",
         ]
-        return "\n".join(lines)
+        return "\n".join(map(printable, lines))
 
 
 def summarise(
@@ -118,7 +122,7 @@ def summarise(
 
 def _shown(path: str, root: Path, frame: int) -> str:
     """A file's path under the delivered folder, with its frame when not the first."""
-    shown = Path(path)
+    shown = from_stored(path)
     if shown.is_relative_to(root):
         shown = shown.relative_to(root)
     return f"{shown} [frame {frame}]" if frame else str(shown)

@@ -66,7 +66,9 @@ def _delivered_folder(path: Path) -> Path:
 def _ingest(args: argparse.Namespace, settings: Settings) -> int:
     from scheduler.service import Scheduler
 
-    report, queued = Scheduler(settings).ingest(_delivered_folder(args.path), args.batch)
+    folder = _delivered_folder(args.path)
+    settings.resolved_pseudonym_key()  # a bad key stops us before the database is opened
+    report, queued = Scheduler(settings).ingest(folder, args.batch)
     if args.json:
         print(json.dumps({**vars(report), "queued": queued}, indent=2))
     else:
@@ -84,6 +86,7 @@ def _run_batch(args: argparse.Namespace, settings: Settings) -> int:
     from scheduler.run_batch import BatchRun
 
     folder = _delivered_folder(args.path)
+    settings.resolved_pseudonym_key()  # a bad key stops us before the database is opened
     if args.model is not None:
         settings = settings.model_copy(update={"model_dir": args.model})
     terminal = sys.stderr if sys.stderr.isatty() else None
@@ -102,6 +105,7 @@ def _scheduler(args: argparse.Namespace, settings: Settings) -> int:
     import scheduler.tasks  # noqa: F401  (registers the tasks this process serves)
     from mdf.celery_app import INTAKE_QUEUE, create_app
 
+    settings.resolved_pseudonym_key()  # refuse to start rather than fail every nightly scan
     app = create_app(settings)
     app.worker_main(
         [

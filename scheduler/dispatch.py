@@ -2,15 +2,17 @@
 
 The database is the source of truth, the queue only a delivery mechanism: an
 image is marked ``queued`` (``db.lifecycle``) in the same transaction that decides
-to send it, and ``requeue`` re-sends whatever has sat in ``queued`` or
-``processing`` too long (a restarted Redis, a killed worker). Sending by task name
+to send it. ``requeue_stalled`` re-sends what has sat in ``queued`` too long (a
+restarted Redis) and what a lapsed claim held (a killed or hung worker stopped
+renewing its lease); ``requeue_expired`` re-sends only the latter, every minute, so
+a dead worker's chunk waits minutes, not ``requeue_after_s``. Sending by task name
 keeps the model out of the scheduler. Workers write predictions idempotently, so a
 duplicate delivery costs time, never a second result.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import structlog
 from celery import Celery
@@ -44,6 +46,19 @@ def enqueue_registered(
     return len(image_ids)
 
 
+def _resend(
+    app: Celery,
+    sessions: sessionmaker[Session],
+    chunk_size: int,
+    requeue: Callable[[Session], tuple[list[int], list[int]]],
+) -> tuple[int, int]:
+    with sessions.begin() as session:
+        retry, failed = requeue(session)
+    send_chunks(app, retry, chunk_size)
+    log.info("stalled_requeued", requeued=len(retry), failed=len(failed))
+    return len(retry), len(failed)
+
+
 def requeue_stalled(
     app: Celery,
     sessions: sessionmaker[Session],
@@ -52,17 +67,30 @@ def requeue_stalled(
     older_than_s: float,
     max_attempts: int,
 ) -> tuple[int, int]:
-    """Re-send images stuck in ``queued`` or ``processing``; give up on repeat offenders.
+    """Re-send images stuck in ``queued`` or held by a lapsed claim; give up on repeat offenders.
 
     Returns (requeued, failed). Images never queued (``registered``) are sent too.
     ``attempts`` counts the times a worker started on an image; one started
     ``max_attempts`` times without finishing is marked ``failed``: it is most likely
     what kills its worker, and the rest of the batch must go on.
     """
-    with sessions.begin() as session:
-        retry, failed = lifecycle.requeue_stalled(
+    return _resend(
+        app,
+        sessions,
+        chunk_size,
+        lambda session: lifecycle.requeue_stalled(
             session, older_than_s=older_than_s, max_attempts=max_attempts
-        )
-    send_chunks(app, retry, chunk_size)
-    log.info("stalled_requeued", requeued=len(retry), failed=len(failed))
-    return len(retry), len(failed)
+        ),
+    )
+
+
+def requeue_expired(
+    app: Celery, sessions: sessionmaker[Session], *, chunk_size: int, max_attempts: int
+) -> tuple[int, int]:
+    """Re-send only the images whose claim lapsed; returns (requeued, failed)."""
+    return _resend(
+        app,
+        sessions,
+        chunk_size,
+        lambda session: lifecycle.requeue_expired(session, max_attempts=max_attempts),
+    )

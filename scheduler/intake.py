@@ -1,43 +1,47 @@
 """Intake: a delivered folder becomes registered images and recorded rejections.
 
-Every file found under the folder ends as an ``images`` row: ``registered`` (one
-row per frame) or ``rejected`` with a specific reason. Registration is idempotent:
-images are identified by the sha256 of their file and their frame number, so the
-same night ingested twice adds nothing and the same pixels under two names are one
-image with both paths in ``image_paths``. A path already seen with the same size
-and modification time is not read again. Input files are only ever read.
+Every entry of the folder ends as an ``images`` row: ``registered`` (one row per
+frame) or ``rejected`` with a specific reason, whatever the entry is (see
+``scheduler.walk``: special files, links, unreadable folders, oversized files) and
+whatever its name's encoding (``scheduler.stored_path``). A manifest that cannot be
+read is one rejection while its folder's files are still registered; a bad manifest
+row is rejected alone (``scheduler.manifest``). No text reaches the database before
+its column width is checked (``scheduler.columns``): one bad value never fails a
+chunk, so it never stops a night nor every rerun of it.
+
+Registration is idempotent and safe to run twice at once (``scheduler.registrar``).
+A path already seen with the same size and modification time is not read again.
+Input files are only ever read.
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
-import os
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import structlog
-from sqlalchemy import insert, select
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from db import lifecycle
-from db.lifecycle import ImageStatus, ReasonCode
-from db.models import Batch, Image, ImagePath, Study, utcnow
+from db.columns import first_problem, width
+from db.lifecycle import ReasonCode
+from db.models import Batch, Image, ImagePath
+from db.stored_path import is_utf8, to_stored
+from db.upsert import insert_new
+from mdf.errors import CommandError
 from mdf.imaging import ProbedFile, Rejection, probe
 from mdf.settings import Settings
-from scheduler.manifest import (
-    MANIFEST_NAME,
-    BadRow,
-    ManifestRow,
-    normalise_laterality,
-    read_manifest,
-)
-from scheduler.pseudonym import pseudonymise
+from scheduler.manifest import Manifests
+from scheduler.registrar import Examined, IngestReport, Registrar, marker
+from scheduler.walk import Entry, read_capped, walk
+
+__all__ = ["IngestReport", "default_batch_name", "examine", "ingest"]
 
 log = structlog.get_logger(__name__)
 
@@ -46,299 +50,122 @@ WRITE_CHUNK = 500
 
 
 @dataclass(frozen=True)
-class Examined:
-    """What intake learnt from one file, without touching the database (picklable)."""
+class Limits:
+    """What a file may be: picklable, for the examining processes."""
 
-    path: Path
-    sha256: str
-    size: int
-    mtime_ns: int
-    probed: ProbedFile | None = None
-    code: ReasonCode | None = None
-    reason: str | None = None
-
-
-@dataclass
-class IngestReport:
-    batch: str
-    batch_id: int
-    files: int = 0
-    unchanged: int = 0
-    images: int = 0
-    duplicates: int = 0
-    rejected: int = 0
-    rejected_by_code: dict[str, int] = field(default_factory=dict)
-
-    def count(self, rejection: ReasonCode | None) -> None:
-        """Count one new image, or one rejection with its code."""
-        if rejection is None:
-            self.images += 1
-        else:
-            self.rejected += 1
-            self.rejected_by_code[rejection] = self.rejected_by_code.get(rejection, 0) + 1
+    max_pixels: int
+    min_side: int
+    max_bytes: int
+    max_frames: int
 
 
 def default_batch_name(folder: Path) -> str:
-    return f"{folder.resolve().name}-{datetime.now(UTC):%Y-%m-%d}"
+    """The folder's name and the day, cut to fit the batches.name column."""
+    day = f"-{datetime.now(UTC):%Y-%m-%d}"
+    name = folder.resolve().name
+    if not is_utf8(name):
+        name = to_stored(name).removeprefix("file://")
+    return name[: (width(Batch, "name") or len(name)) - len(day)] + day
 
 
-def discover(folder: Path) -> Iterator[Path]:
-    """Every file below ``folder`` (manifests aside), in a stable order."""
-    for directory, subdirectories, files in os.walk(folder):
-        subdirectories.sort()
-        for name in sorted(files):
-            if name != MANIFEST_NAME:
-                yield Path(directory) / name
+def _refused(entry: Entry, code: ReasonCode, reason: str, *, retry: bool = False) -> Examined:
+    """A rejection of an entry with no content read; ``retry``: read it again next time."""
+    sha = marker(code, to_stored(entry.path))
+    stat = (0, 0) if retry else (entry.size, entry.mtime_ns)
+    return Examined(entry.path, entry.real, sha, *stat, code=code, reason=reason)
 
 
-def examine(path: Path, max_pixels: int, min_side: int) -> Examined:
+def examine(entry: Entry, limits: Limits) -> Examined:
+    """Read and probe one entry, or say why it is refused."""
+    if entry.code is not None:
+        assert entry.reason is not None
+        return _refused(entry, entry.code, entry.reason, retry=entry.code is ReasonCode.UNREADABLE)
     try:
-        stat = path.stat()
-        data = path.read_bytes()
-    except OSError as error:
-        marker = hashlib.sha256(f"unreadable:{path}".encode()).hexdigest()
-        return Examined(
-            path,
-            marker,
-            0,
-            0,
-            code=ReasonCode.UNREADABLE,
-            reason=f"cannot read: {error.strerror}",
-        )
-    try:
-        probed = probe(path, max_pixels=max_pixels, min_side=min_side, data=data)
+        data = read_capped(entry, limits.max_bytes)
     except Rejection as rejection:
-        digest = hashlib.sha256(data).hexdigest()
-        return Examined(
-            path,
-            digest,
-            stat.st_size,
-            stat.st_mtime_ns,
-            code=rejection.code,
-            reason=rejection.reason,
+        return _refused(entry, rejection.code, rejection.reason)
+    except OSError as error:
+        return _refused(entry, ReasonCode.UNREADABLE, f"cannot read: {error.strerror}", retry=True)
+    assert entry.real is not None
+    found = Examined(
+        entry.path, entry.real, hashlib.sha256(data).hexdigest(), entry.size, entry.mtime_ns
+    )
+    try:
+        probed = probe(
+            Path(entry.real),
+            max_pixels=limits.max_pixels,
+            min_side=limits.min_side,
+            max_frames=limits.max_frames,
+            data=data,
         )
-    return Examined(path, probed.sha256, stat.st_size, stat.st_mtime_ns, probed=probed)
+        problem = first_problem(Image, _header_fields(probed), nul=ReasonCode.DECODE_ERROR)
+        if problem is not None:
+            raise Rejection(*problem)
+    except Rejection as rejection:
+        return replace(found, code=rejection.code, reason=rejection.reason)
+    return replace(found, probed=probed)
+
+
+def _header_fields(probed: ProbedFile) -> dict[str, str | None]:
+    """The probed values intake writes to text columns of images, by column."""
+    names = ("sop_class_uid", "modality", "study_uid", "series_uid", "sop_uid", "laterality")
+    return {"file_kind": probed.kind, "clinical_text": probed.clinical_text} | {
+        name: getattr(probed, name) for name in names
+    }
 
 
 @contextmanager
-def examining(paths: list[Path], settings: Settings) -> Iterator[Iterator[Examined]]:
-    """Examine files in worker processes when there are enough to pay for them."""
-    limits = (settings.max_image_pixels, settings.min_image_side)
-    workers = min(settings.intake_processes, len(paths) // 64 + 1)
+def examining(entries: list[Entry], settings: Settings) -> Iterator[Iterator[Examined]]:
+    """Examine entries in worker processes when there are enough to pay for them."""
+    limits = Limits(
+        settings.max_image_pixels,
+        settings.min_image_side,
+        settings.max_file_bytes,
+        settings.max_frames,
+    )
+    workers = min(settings.intake_processes, len(entries) // 64 + 1)
     if workers <= 1:
-        yield (examine(path, *limits) for path in paths)
+        yield (examine(entry, limits) for entry in entries)
         return
     with ProcessPoolExecutor(workers) as pool:
-        n = len(paths)
-        yield pool.map(examine, paths, [limits[0]] * n, [limits[1]] * n, chunksize=16)
+        yield pool.map(examine, entries, itertools.repeat(limits), chunksize=16)
 
 
-class Registrar:
-    """Writes examined files into one batch with a few bulk statements per chunk.
-
-    Idempotency comes from looking up, per chunk, the images already known by
-    (sha256, frame) and the paths already recorded for them.
-    """
-
-    def __init__(
-        self, session: Session, batch_id: int, key: bytes, manifest: dict[Path, ManifestRow]
-    ):
-        self.session = session
-        self.batch_id = batch_id
-        self.key = key
-        self.manifest = manifest
-
-    def register(self, examined: list[Examined], report: IngestReport) -> None:
-        shas = {item.sha256 for item in examined}
-        known = {
-            (sha, frame): image_id
-            for image_id, sha, frame in self.session.execute(
-                select(Image.id, Image.sha256, Image.frame).where(Image.sha256.in_(shas))
-            )
-        }
-        new: dict[tuple[str, int], dict[str, Any]] = {}
-        seen: list[tuple[tuple[str, int], Examined]] = []
-        for item in examined:
-            report.files += 1
-            for frame in [p.frame for p in item.probed.images] if item.probed else [0]:
-                key = (item.sha256, frame)
-                if key in new:
-                    new[key].update(self._described(item, new[key]))
-                    report.duplicates += 1
-                elif key in known:
-                    self._describe_known(known[key], item)
-                    report.duplicates += 1
-                else:
-                    new[key] = self._row(item, frame)
-                    report.count(new[key].get("reason_code"))
-                seen.append((key, item))
-        known.update(self._insert_images(list(new.values())))
-        self._record_paths(seen, known)
-
-    def reject_rows(self, bad_rows: list[BadRow], report: IngestReport) -> None:
-        """Manifest rows that name no usable file: recorded, keyed by manifest and line."""
-        for row in bad_rows:
-            marker = hashlib.sha256(f"manifest:{row.manifest}:{row.line}:{row.file}".encode())
-            item = Examined(
-                row.manifest, marker.hexdigest(), 0, 0, code=row.code, reason=row.reason
-            )
-            if self.session.scalar(select(Image.id).where(Image.sha256 == item.sha256)) is None:
-                values = self._row(item, 0)
-                values["source_path"] = f"{row.manifest}:{row.line}:{row.file}"
-                self._insert_images([values])
-                report.count(row.code)
-
-    def _row(self, item: Examined, frame: int) -> dict[str, Any]:
-        row: dict[str, Any] = {
-            "batch_id": self.batch_id,
-            "sha256": item.sha256,
-            "frame": frame,
-            "source_path": str(item.path),
-            "size_bytes": item.size,
-        }
-        probed = item.probed
-        if probed is None:
-            assert item.code is not None and item.reason is not None
-            # Not the path: folder and file names often carry a patient's name or ID. The
-            # content hash finds the row, whose source_path stays inside the database.
-            log.info("file_rejected", sha256=item.sha256[:16], code=item.code, reason=item.reason)
-            return row | lifecycle.rejected(item.code, item.reason)
-        size = next(p for p in probed.images if p.frame == frame)
-        row |= lifecycle.registered() | {
-            "file_kind": probed.kind,
-            "width": size.width,
-            "height": size.height,
-            "sop_class_uid": probed.sop_class_uid,
-            "modality": probed.modality,
-            "study_uid": probed.study_uid,
-            "series_uid": probed.series_uid,
-            "sop_uid": probed.sop_uid,
-            "laterality": probed.laterality,
-            "clinical_text": probed.clinical_text,
-            "patient_pseudonym": pseudonymise(probed.patient_id, self.key),
-            "study_key": probed.study_uid,
-        }
-        return row | self._described(item, row)
-
-    def _described(self, item: Examined, current: dict[str, Any]) -> dict[str, Any]:
-        """What this path's manifest row says of the image; it wins over the DICOM header.
-
-        A duplicate found under another name may bring the row the first name
-        lacked, so this applies to every path of a registered image.
-        """
-        row = self.manifest.get(item.path.resolve())
-        if row is None or current.get("status") is ImageStatus.REJECTED:
-            return {}
-        values = {
-            "patient_pseudonym": pseudonymise(row.patient_id, self.key),
-            "laterality": normalise_laterality(row.laterality),
-            "clinical_text": row.clinical_text,
-            "label": row.label,
-            "data_source": row.source,
-            "study_key": row.study_id,
-        }
-        return {name: value for name, value in values.items() if value is not None}
-
-    def _describe_known(self, image_id: int, item: Examined) -> None:
-        image = self.session.get_one(Image, image_id)
-        values = self._described(item, {"status": image.status})
-        study_key = values.pop("study_key", None)
-        for name, value in values.items():
-            setattr(image, name, value)
-        if study_key:
-            image.study_id = self._study_ids({study_key: image.patient_pseudonym})[study_key]
-
-    def _insert_images(self, rows: list[dict[str, Any]]) -> dict[tuple[str, int], int]:
-        if not rows:
-            return {}
-        wanted = {
-            row["study_key"]: row.get("patient_pseudonym") for row in rows if row.get("study_key")
-        }
-        study_ids = self._study_ids(wanted)
-        for row in rows:
-            row["study_id"] = study_ids.get(row.pop("study_key", None))
-        inserted = self.session.execute(
-            insert(Image).returning(
-                Image.id, Image.sha256, Image.frame, sort_by_parameter_order=True
-            ),
-            rows,
-        )
-        return {(sha, frame): image_id for image_id, sha, frame in inserted}
-
-    def _study_ids(self, wanted: dict[str, str | None]) -> dict[str, int]:
-        """Ids of the studies with these keys, creating the missing ones."""
-        query = select(Study.study_key, Study.id).where(Study.study_key.in_(wanted))
-        ids = {key: study_id for key, study_id in self.session.execute(query)}
-        missing = [
-            {"study_key": key, "patient_pseudonym": pseudonym}
-            for key, pseudonym in wanted.items()
-            if key not in ids
-        ]
-        if missing:
-            created = self.session.execute(
-                insert(Study).returning(Study.study_key, Study.id, sort_by_parameter_order=True),
-                missing,
-            )
-            ids.update((key, study_id) for key, study_id in created)
-        return ids
-
-    def _record_paths(
-        self, seen: list[tuple[tuple[str, int], Examined]], images: dict[tuple[str, int], int]
-    ) -> None:
-        """Record where each image was seen; a path seen before only gets its new stat."""
-        paths = {str(item.path) for _, item in seen}
-        recorded = {
-            (row.image_id, row.path): row
-            for row in self.session.scalars(select(ImagePath).where(ImagePath.path.in_(paths)))
-        }
-        fresh: dict[tuple[int, str], dict[str, Any]] = {}
-        for key, item in seen:
-            image_id, path = images[key], str(item.path)
-            row = recorded.get((image_id, path))
-            if row is not None:
-                row.size_bytes, row.mtime_ns = item.size, item.mtime_ns
-            else:
-                fresh[(image_id, path)] = {
-                    "image_id": image_id,
-                    "batch_id": self.batch_id,
-                    "path": path,
-                    "size_bytes": item.size,
-                    "mtime_ns": item.mtime_ns,
-                    "seen_at": utcnow(),
-                }
-        if fresh:
-            self.session.execute(insert(ImagePath), list(fresh.values()))
+def _read_manifests(
+    entries: list[Entry], root: Path, max_bytes: int
+) -> tuple[Manifests, list[Examined]]:
+    """Every manifest's rows, and a rejection for each manifest unusable as a whole."""
+    manifests = Manifests(root)
+    refused = []
+    for entry in entries:
+        try:
+            manifests.add(entry.path, read_capped(entry, max_bytes))
+        except Rejection as rejection:
+            refused.append(_refused(entry, rejection.code, rejection.reason))
+        except OSError as error:
+            reason = f"manifest cannot be read: {error.strerror}"
+            refused.append(_refused(entry, ReasonCode.UNREADABLE_MANIFEST, reason, retry=True))
+    return manifests, refused
 
 
 def _unchanged_paths(session: Session, folder: Path) -> dict[str, tuple[int, int]]:
-    """Paths under ``folder`` already registered, with the size and mtime they had."""
-    prefix = str(folder) + os.sep
+    """Paths under ``folder`` already registered (as stored), with their size and mtime."""
+    under = [
+        ImagePath.path.startswith(prefix + "/", autoescape=True)
+        for prefix in {to_stored(folder), folder.as_uri()}
+    ]
     rows = session.execute(
-        select(ImagePath.path, ImagePath.size_bytes, ImagePath.mtime_ns).where(
-            ImagePath.path.startswith(prefix, autoescape=True)
-        )
+        select(ImagePath.path, ImagePath.size_bytes, ImagePath.mtime_ns).where(or_(*under))
     )
     return {path: (size, mtime) for path, size, mtime in rows}
 
 
-def _is_unchanged(path: Path, known: dict[str, tuple[int, int]]) -> bool:
-    seen = known.get(str(path))
-    if seen is None:
-        return False
-    try:
-        stat = path.stat()
-    except OSError:
-        return False
-    return seen == (stat.st_size, stat.st_mtime_ns)
-
-
-def get_or_create_batch(session: Session, name: str, source: str) -> Batch:
-    batch = session.scalar(select(Batch).where(Batch.name == name))
-    if batch is None:
-        batch = Batch(name=name, source=source)
-        session.add(batch)
-        session.flush()
-    return batch
+def get_or_create_batch(session: Session, name: str, source: str) -> int:
+    """The id of batch ``name``, created unless another intake did first."""
+    session.execute(
+        insert_new(session, Batch, ["name"]), [{"name": name, "source": source, "files_seen": 0}]
+    )
+    return session.scalars(select(Batch.id).where(Batch.name == name)).one()
 
 
 def ingest(
@@ -348,42 +175,46 @@ def ingest(
     sessions: sessionmaker[Session],
     batch_name: str | None = None,
 ) -> IngestReport:
-    """Register every file under ``folder`` into the batch ``batch_name``."""
+    """Register every entry under ``folder`` into the batch ``batch_name``."""
     folder = folder.resolve()
     if not folder.is_dir():
         raise NotADirectoryError(f"{folder} is not a folder")
     name = batch_name or default_batch_name(folder)
-    manifest: dict[Path, ManifestRow] = {}
-    bad_rows: list[BadRow] = []
-    for manifest_path in sorted(folder.rglob(MANIFEST_NAME)):
-        rows, bad = read_manifest(manifest_path, folder)
-        manifest.update(rows)
-        bad_rows.extend(bad)
-
+    if (problem := first_problem(Batch, {"name": name}, nul=ReasonCode.BAD_MANIFEST)) is not None:
+        raise CommandError(f"batch {problem[1]}")
+    entries = list(walk(folder, settings.max_file_bytes))
+    manifests, refused = _read_manifests(
+        [e for e in entries if e.manifest], folder, settings.max_file_bytes
+    )
     with sessions.begin() as session:
-        batch = get_or_create_batch(session, name, str(folder))
-        batch_id = batch.id
+        batch_id = get_or_create_batch(session, name, to_stored(folder))
         known = _unchanged_paths(session, folder)
     report = IngestReport(batch=name, batch_id=batch_id)
     structlog.contextvars.bind_contextvars(batch_id=batch_id)
     try:
-        paths = []
-        for path in discover(folder):
-            if _is_unchanged(path, known):
+        todo = []
+        for entry in entries:
+            if entry.manifest:
+                continue
+            if known.get(to_stored(entry.path)) == (entry.size, entry.mtime_ns):
                 report.unchanged += 1
             else:
-                paths.append(path)
+                todo.append(entry)
         key = settings.resolved_pseudonym_key()
-        with examining(paths, settings) as examined:
-            while chunk := list(itertools.islice(examined, WRITE_CHUNK)):
+        with examining(todo, settings) as examined:
+            chunks = itertools.chain(refused, examined)
+            while chunk := list(itertools.islice(chunks, WRITE_CHUNK)):
                 with sessions.begin() as session:
-                    Registrar(session, batch_id, key, manifest).register(chunk, report)
+                    Registrar(session, batch_id, key, manifests.rows, report).register(chunk)
         with sessions.begin() as session:
-            Registrar(session, batch_id, key, manifest).reject_rows(bad_rows, report)
-            session.get_one(Batch, batch_id).files_seen += report.files
+            Registrar(session, batch_id, key, manifests.rows, report).reject_rows(manifests.bad)
+            session.execute(
+                update(Batch)
+                .where(Batch.id == batch_id)
+                .values(files_seen=Batch.files_seen + report.files)
+            )
         log.info(
             "batch_ingested",
-            batch=name,
             files=report.files,
             unchanged=report.unchanged,
             images=report.images,

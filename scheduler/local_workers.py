@@ -39,8 +39,9 @@ def worker_environment(settings: Settings) -> dict[str, str]:
     env = {
         **os.environ,
         "MDF_DATA_DIR": str(settings.data_dir.resolve()),
-        "MDF_DATABASE_URL": settings.resolved_database_url,
-        "MDF_BROKER_URL": broker_url(settings),
+        # Without a password read from a secret file: the child reads the file itself.
+        "MDF_DATABASE_URL": settings.database_url or settings.resolved_database_url,
+        "MDF_BROKER_URL": settings.broker_url or broker_url(settings),
         "MDF_LOG_FORMAT": settings.log_format,
     }
     if settings.model_dir is not None:

@@ -1,7 +1,9 @@
 """Keyed pseudonyms: the database links a patient's images without knowing who they are.
 
 HMAC-SHA256 with ``MDF_PSEUDONYM_KEY``: the same patient gets the same pseudonym
-in every batch, and nobody without the key can recompute it from a guessed ID.
+in every batch, and nobody without the key can recompute it from a guessed ID. That
+holds only for a key nobody can guess either, so ``Settings.resolved_pseudonym_key``
+refuses short and placeholder keys before a command touches the database.
 """
 
 from __future__ import annotations

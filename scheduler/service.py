@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.session import session_factory
 from mdf.celery_app import create_app
 from mdf.settings import Settings
-from scheduler.dispatch import enqueue_registered, requeue_stalled
+from scheduler.dispatch import enqueue_registered, requeue_expired, requeue_stalled
 from scheduler.intake import IngestReport, ingest
 
 log = structlog.get_logger(__name__)
@@ -32,6 +32,7 @@ class Scheduler:
         return self._app
 
     def ingest(self, folder: Path, batch_name: str | None = None) -> tuple[IngestReport, int]:
+        self.settings.resolved_pseudonym_key()  # refused before the batch row is written
         report = ingest(
             folder, settings=self.settings, sessions=self.sessions, batch_name=batch_name
         )
@@ -55,5 +56,14 @@ class Scheduler:
             self.sessions,
             chunk_size=self.settings.chunk_size,
             older_than_s=self.settings.requeue_after_s if older_than_s is None else older_than_s,
+            max_attempts=self.settings.max_attempts,
+        )
+
+    def requeue_expired(self) -> tuple[int, int]:
+        """Re-send the images whose worker stopped renewing its claim; (requeued, failed)."""
+        return requeue_expired(
+            self.app,
+            self.sessions,
+            chunk_size=self.settings.chunk_size,
             max_attempts=self.settings.max_attempts,
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import Task, shared_task
 
-from mdf.celery_app import REQUEUE_STALLED, SCAN_INBOXES, app_settings
+from mdf.celery_app import REQUEUE_EXPIRED, REQUEUE_STALLED, SCAN_INBOXES, app_settings
 from scheduler.service import Scheduler
 
 
@@ -21,3 +21,8 @@ def scan_inboxes(self: Task) -> int:
 @shared_task(bind=True, name=REQUEUE_STALLED)
 def requeue_stalled(self: Task) -> int:
     return _scheduler(self).requeue()[0]
+
+
+@shared_task(bind=True, name=REQUEUE_EXPIRED)
+def requeue_expired_claims(self: Task) -> int:
+    return _scheduler(self).requeue_expired()[0]

@@ -46,7 +46,6 @@ def mdf(root: Path, data_dir: Path, *args: str, **settings: str) -> None:
     env = {name: value for name, value in os.environ.items() if not name.startswith("MDF_")}
     env.update(
         MDF_DATA_DIR=str(data_dir),
-        MDF_PSEUDONYM_KEY="demo-key-not-secret",
         MDF_LOG_LEVEL="WARNING",
         **settings,
     )

@@ -14,13 +14,14 @@ import struct
 import zlib
 from collections.abc import Callable
 from datetime import datetime
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.encaps import encapsulate
+from pydicom.encaps import encapsulate, itemize_fragment
 from pydicom.uid import (
     MPEG2MPML,
     UID,
@@ -35,6 +36,7 @@ __all__ = [
     "CLINICAL_TEXT",
     "EXPECTED",
     "HEIGHT",
+    "HOSTILE",
     "LOSSLESS",
     "PATIENT_ID",
     "RED_PATCH",
@@ -201,6 +203,50 @@ def _cut(write: Callable[[Path], object], fraction: float) -> Callable[[Path], N
     return cut
 
 
+def _claims_larger(syntax: str) -> Callable[[Path], None]:
+    """An OP file whose codestream says 60000x60000 while its header says 128x96.
+
+    The size fields sit 5 bytes into a JPEG SOFn or JPEG-LS SOF55 segment (Y then X, two
+    bytes each) and 8 bytes into a JPEG 2000 SIZ segment (Xsiz then Ysiz, four each).
+    """
+    marker, offset, fmt = {
+        "jpeg-baseline": (b"\xff\xc0", 5, ">HH"),
+        "jpeg-ls": (b"\xff\xf7", 5, ">HH"),
+        "jpeg2000": (b"\xff\x4f\xff\x51", 8, ">LL"),
+    }[syntax]
+
+    def write(path: Path) -> None:
+        _op(path, transfer_syntax=syntax)
+        data = bytearray(path.read_bytes())
+        struct.pack_into(fmt, data, data.rindex(marker) + offset, 60_000, 60_000)
+        path.write_bytes(bytes(data))
+
+    return write
+
+
+def _fragments(path: Path, fragments: list[bytes], frames: int) -> None:
+    """A JPEG baseline OP file whose Pixel Data holds `fragments`, claiming `frames` frames."""
+
+    def change(ds: Dataset) -> None:
+        # An empty Basic Offset Table, then the fragments (pydicom will not write empty ones).
+        ds.PixelData = b"".join(itemize_fragment(f) for f in [b"", *fragments])
+        ds.NumberOfFrames = frames
+
+    _rewritten(path, change, transfer_syntax="jpeg-baseline")
+
+
+def _empty_fragments(real_frames: int, frames: int) -> Callable[[Path], None]:
+    """`real_frames` JPEG frames followed by 3,000 empty fragments, claiming `frames`."""
+
+    def write(path: Path) -> None:
+        frame = Image.fromarray(fundus_image())
+        jpeg = BytesIO()
+        frame.save(jpeg, "JPEG", quality=95, subsampling="4:2:2")
+        _fragments(path, [jpeg.getvalue()] * real_frames + [b""] * 3000, frames)
+
+    return write
+
+
 def _no_preamble(path: Path) -> None:
     """A valid OP file without the 128-byte preamble and "DICM" prefix."""
     _op(path)
@@ -212,6 +258,24 @@ def _no_preamble(path: Path) -> None:
 
 def _save(image: Image.Image, fmt: str, **params: object) -> Callable[[Path], None]:
     return lambda path: image.save(path, fmt, **params)
+
+
+def _raster_claims_larger(fmt: str) -> Callable[[Path], None]:
+    """A small JPEG or TIFF whose header says 60000x60000, where Pillow reads its size."""
+
+    def write(path: Path) -> None:
+        data = BytesIO()
+        _RGB.save(data, fmt)
+        patched = bytearray(data.getvalue())
+        if fmt == "JPEG":
+            struct.pack_into(">HH", patched, patched.index(b"\xff\xc0") + 5, 60_000, 60_000)
+        else:  # the first directory's ImageWidth (256) and ImageLength (257), as LONGs
+            for tag in (256, 257):
+                entry = patched.index(struct.pack("<HHL", tag, 4, 1))
+                struct.pack_into("<L", patched, entry + 8, 60_000)
+        path.write_bytes(bytes(patched))
+
+    return write
 
 
 def _rotated_jpeg(path: Path) -> None:
@@ -316,7 +380,30 @@ _FILES: dict[str, tuple[Callable[[Path], object], str]] = {
     "grayscale.jpg": (_save(_RGB.convert("L"), "JPEG", quality=95), "grayscale"),
     "bomb.png": (_png_bomb, "too_large"),
     "tiny.png": (_save(_RGB.resize((48, 32)), "PNG"), "too_small"),
+    # Decoding bombs: each would cost a decoder gigabytes if trusted.
+    "bomb.jpg": (_raster_claims_larger("JPEG"), "too_large"),
+    "bomb.tif": (_raster_claims_larger("TIFF"), "too_large"),
+    "op_jpeg_bomb.dcm": (_claims_larger("jpeg-baseline"), "codestream_mismatch"),
+    "op_jpeg_ls_bomb.dcm": (_claims_larger("jpeg-ls"), "codestream_mismatch"),
+    "op_jpeg2000_bomb.dcm": (_claims_larger("jpeg2000"), "codestream_mismatch"),
+    "op_65_frames.dcm": (_empty_fragments(65, 65), "too_many_frames"),
+    "op_3015_frames.dcm": (_empty_fragments(15, 3015), "too_many_frames"),
+    "op_empty_fragments.dcm": (_empty_fragments(0, 3), "codestream_mismatch"),
 }
+# The decoding bombs above, which tests/mdf/imaging/test_decode_bounds.py decodes.
+HOSTILE = frozenset(
+    {
+        "bomb.png",
+        "bomb.jpg",
+        "bomb.tif",
+        "op_jpeg_bomb.dcm",
+        "op_jpeg_ls_bomb.dcm",
+        "op_jpeg2000_bomb.dcm",
+        "op_65_frames.dcm",
+        "op_3015_frames.dcm",
+        "op_empty_fragments.dcm",
+    }
+)
 
 EXPECTED: dict[str, str] = {name: outcome for name, (_, outcome) in _FILES.items()}
 LOSSLESS = frozenset(

@@ -1,12 +1,13 @@
 """Run the ``mdf`` command inside the test's process, and leave the process as it was.
 
 ``mdf.cli.main`` points logging at the current stderr, which pytest captures and then
-closes: the logging configuration is put back.
+closes, routes warnings into logging and sets an excepthook: all of it is put back.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Protocol
@@ -26,7 +27,7 @@ class Mdf(Protocol):
 @contextmanager
 def mdf_command(capsys: pytest.CaptureFixture[str]) -> Iterator[Mdf]:
     config, root = structlog.get_config(), logging.getLogger()
-    handlers, level = root.handlers[:], root.level
+    handlers, level, excepthook = root.handlers[:], root.level, sys.excepthook
 
     def run(*args: str) -> tuple[int, str, str]:
         code = main(list(args))
@@ -39,3 +40,5 @@ def mdf_command(capsys: pytest.CaptureFixture[str]) -> Iterator[Mdf]:
         structlog.configure(**config)
         root.handlers[:] = handlers
         root.setLevel(level)
+        sys.excepthook = excepthook
+        logging.captureWarnings(False)

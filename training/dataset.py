@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import Image, ImageStatus
+from db.stored_path import from_stored
 from mdf.imaging import Rejection, load_frame
 from training.splits import Example
 
@@ -72,7 +73,7 @@ def prepare(classifier, examples: Sequence[Example], *, with_text: bool = True) 
     kept, inputs, skipped = [], [], 0
     for example in examples:
         try:
-            pixels = load_frame(Path(example.path), example.frame)
+            pixels = load_frame(from_stored(example.path), example.frame)
             mask = None
             if example.mask_path and segments:
                 mask = load_mask(example.mask_path, pixels.shape[:2])

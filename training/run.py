@@ -30,8 +30,10 @@ from training.trainer import History, Trainer, apply_strategy
 
 log = structlog.get_logger(__name__)
 
-#: The resumable training state a run keeps beside its report.
-STATE_FILE = "state.pt"
+#: The resumable training state a run keeps beside its report (training/state.py).
+STATE_FILE = "state.safetensors"
+#: What earlier versions pickled instead: never read, named in the error only.
+PICKLED_STATE_FILE = "state.pt"
 
 
 @dataclass
@@ -115,6 +117,7 @@ class Champion:
     version_id: int
     name: str
     path: Path
+    manifest_sha256: str
 
 
 class Runner:
@@ -163,7 +166,9 @@ class Runner:
     def _champion(self) -> Champion | None:
         with self.sessions() as session:
             version = promoted_version(session)
-            return Champion(version.id, version.name, Path(version.path)) if version else None
+            if version is None:
+                return None
+            return Champion(version.id, version.name, Path(version.path), version.manifest_sha256)
 
     def _train_evaluate_record(
         self, run_id: int, start: Path, champion: Champion | None
@@ -182,7 +187,11 @@ class Runner:
         if config.resume_run is not None:
             previous = out.with_name(f"run-{config.resume_run:04d}") / STATE_FILE
             if not previous.is_file():
-                raise ValueError(f"cannot resume run {config.resume_run}: {previous} is missing")
+                pickled = previous.with_name(PICKLED_STATE_FILE).is_file()
+                raise ValueError(
+                    f"cannot resume run {config.resume_run}: {previous} is missing"
+                    + (" (its pickled state.pt is never read: start afresh)" if pickled else "")
+                )
             shutil.copyfile(previous, state)
         classifier, history = train_on(start, split.train, config, state)
 
@@ -199,7 +208,12 @@ class Runner:
             metrics[by_source.name] = scored.evaluation.to_dict()
         champion_eval = None
         if champion is not None:
-            champion_eval = score(self.load(champion.path, device=config.device), held_out)
+            loaded = self.load(  # only as registered: a replaced champion fails the run
+                champion.path,
+                device=config.device,
+                expected_manifest_sha256=champion.manifest_sha256,
+            )
+            champion_eval = score(loaded, held_out)
             metrics["champion_random_patient"] = champion_eval.evaluation.to_dict()
         rule = config.promotion
         decision = decide(

@@ -29,6 +29,7 @@ import structlog
 import torch
 from tqdm import tqdm
 
+from training import state as saved
 from training.config import EarlyStopping, TrainConfig
 
 log = structlog.get_logger(__name__)
@@ -234,45 +235,53 @@ class Trainer:
     ) -> None:
         """Everything needed to continue after ``epoch``: trained weights (not the frozen
         ones), optimizer, early-stopping state, best weights, history and the shuffling
-        generator."""
+        generator, as safetensors and JSON (see state.py)."""
         buffers = {name for name, _ in self.model.named_buffers()}
-        state = {
+        weights = {
+            f"model/{name}": tensor
+            for name, tensor in self.model.state_dict().items()
+            if name in self.trained or name in buffers
+        }
+        optimizer_tensors, optimizer = saved.split_optimizer(self.optimizer.state_dict())
+        best_tensors, best = saved.split_shared(self.best.copies, "best")
+        document = {
             "epoch": epoch,
-            "model": {
-                name: tensor
-                for name, tensor in self.model.state_dict().items()
-                if name in self.trained or name in buffers
-            },
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizer,
             "watches": {name: asdict(watch) for name, watch in self.watches.items()},
             "objective": asdict(self.objective),
-            "best": self.best.copies,
+            "best": best,
             "history": asdict(history),
             "rng": rng.bit_generator.state,
         }
-        partial = path.with_suffix(".partial")
-        torch.save(state, partial)
-        partial.replace(path)  # a crash mid-write leaves the previous epoch's state
+        saved.save(path, weights | optimizer_tensors | best_tensors, document)
 
     def restore_state(self, path: Path) -> tuple[int, History, np.random.Generator]:
+        """Continue from a state `save_state` wrote; a StateError for anything else."""
         # On the CPU: loading copies the weights and optimizer state to the model's device,
         # and the best copies stay where they belong.
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        missing = set(state["model"]) - set(self.model.state_dict())
+        tensors, state = saved.load(path)
+        weights = saved.with_prefix(tensors, "model")
+        missing = set(weights) - set(self.model.state_dict())
         if missing:
-            raise ValueError(f"{path}: state of another model ({len(missing)} unknown tensors)")
-        self.model.load_state_dict(state["model"], strict=False)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.watches = {name: ComponentWatch(**w) for name, w in state["watches"].items()}
-        self.objective = ComponentWatch(**state["objective"])
-        self.best.copies = state["best"]
+            raise saved.StateError(
+                f"{path}: state of another model ({len(missing)} unknown tensors)"
+            )
+        try:
+            self.model.load_state_dict(weights, strict=False)
+            self.optimizer.load_state_dict(saved.join_optimizer(tensors, state["optimizer"]))
+            self.watches = {name: ComponentWatch(**w) for name, w in state["watches"].items()}
+            self.objective = ComponentWatch(**state["objective"])
+            self.best.copies = saved.join_shared(tensors, state["best"], "best")
+            rng = np.random.default_rng()
+            rng.bit_generator.state = state["rng"]
+            epoch, history = int(state["epoch"]), History(**state["history"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            raise saved.StateError(f"{path}: an incomplete training state ({error})") from error
         stopped = [name for name, w in self.watches.items() if w.stopped_at is not None]
         if stopped:
             self._freeze(stopped)
-        rng = np.random.default_rng()
-        rng.bit_generator.state = state["rng"]
-        log.info("training_resumed", after_epoch=state["epoch"], state=str(path))
-        return state["epoch"] + 1, History(**state["history"]), rng
+        log.info("training_resumed", after_epoch=epoch, state=str(path))
+        return epoch + 1, history, rng
 
     def fit(
         self, train_inputs, train_targets, val_inputs, val_targets, state: Path | None = None

@@ -154,7 +154,9 @@ def _classify(args: argparse.Namespace, settings: Settings) -> int:
     prepared = []
     for path in args.files:
         try:
-            pixels = load_frame(path, max_pixels=settings.max_image_pixels)
+            pixels = load_frame(
+                path, max_pixels=settings.max_image_pixels, max_frames=settings.max_frames
+            )
             prepared.append((path, classifier.prepare(pixels, args.clinical)))
         except (Rejection, OSError, ValueError) as error:  # Rejection reads "code: reason"
             entries[path] = {"file": str(path), "error": str(error)}

@@ -1,10 +1,14 @@
 """One chunk, start to finish: claim, load, preprocess, classify in one batch, write.
 
 Plain functions, so the pipeline is tested without Celery; ``worker.tasks`` is the
-shell. Failures are kept as small as their cause:
+shell. The claim's lease is renewed while the chunk runs (``worker.lease``), and only
+this claim's token can write its results. Failures are kept as small as their cause:
 
-- an image that cannot be read or prepared fails alone, with its reason, and the
-  rest of the chunk goes on;
+- an image whose file changed since intake, or that cannot be read or prepared, fails
+  alone, with its reason, and the rest of the chunk goes on;
+- a chunk started before (its worker died, or it is retried) runs image by image,
+  each counted as attempted and written before the next starts: a crash is charged
+  to the image in flight, not to its chunk-mates;
 - a batched forward pass that raises is retried image by image, so an input that
   breaks the model fails alone too;
 - a transient error (the database or broker unreachable) propagates unchanged:
@@ -12,8 +16,9 @@ shell. Failures are kept as small as their cause:
 - anything else fails the chunk's claimed images with the error as their reason
   and is re-raised, so it is both recorded and logged.
 
-Per chunk the database sees three round trips: the promoted-version check, the
-claim, and one transaction writing every prediction and failure.
+Per fresh chunk the database sees three round trips: the promoted-version check, the
+claim, and one transaction writing every prediction and failure (plus a lease renewal
+every third of the lease).
 """
 
 from __future__ import annotations
@@ -31,8 +36,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db import lifecycle
 from db.lifecycle import ClaimedImage, Failure, ReasonCode
-from mdf.imaging import Rejection, load_frame
+from db.stored_path import from_stored
+from mdf.imaging import Rejection, decode_frame
 from mdf.settings import Settings
+from worker.content import read_registered
+from worker.lease import Heartbeat
 from worker.predictions import PredictionRow, mask_directory, save_mask, write_predictions
 from worker.serving import Classification, Classifier, ModelServer, ServedModel
 
@@ -68,6 +76,7 @@ class ChunkOutcome:
     duplicates: list[int] = field(default_factory=list)
     failed: dict[int, Failure] = field(default_factory=dict)
     skipped: list[int] = field(default_factory=list)
+    taken_over: list[int] = field(default_factory=list)  # claim lapsed: another wrote them
     timings_ms: dict[str, float] = field(default_factory=dict)
 
     def counts(self) -> dict[str, int]:
@@ -76,19 +85,33 @@ class ChunkOutcome:
             "duplicates": len(self.duplicates),
             "failed": len(self.failed),
             "skipped": len(self.skipped),
+            "taken_over": len(self.taken_over),
         }
+
+    def add_timings(self, **timings_ms: float) -> None:
+        for name, ms in timings_ms.items():
+            self.timings_ms[name] = round(self.timings_ms.get(name, 0.0) + ms, 1)
 
 
 def preprocess(
-    images: Sequence[ClaimedImage], classifier: Classifier, *, max_pixels: int
+    images: Sequence[ClaimedImage],
+    classifier: Classifier,
+    *,
+    max_pixels: int,
+    max_frames: int,
+    max_bytes: int,
 ) -> tuple[list[Prepared], dict[int, Failure]]:
-    """Decode and prepare each image; one that fails is set aside with its reason."""
+    """Read, verify, decode and prepare each image; one that fails is set aside with its
+    reason. The bytes decoded are the bytes hashed: nothing else is read in between."""
     prepared: list[Prepared] = []
     failures: dict[int, Failure] = {}
     for image in images:
         start = time.perf_counter()
         try:
-            pixels = load_frame(Path(image.source_path), image.frame, max_pixels=max_pixels)
+            data = read_registered(
+                from_stored(image.source_path), image.sha256, max_bytes=max_bytes
+            )
+            pixels = decode_frame(data, image.frame, max_pixels=max_pixels, max_frames=max_frames)
             model_input = classifier.prepare(pixels, image.clinical_text)
         except Rejection as rejection:
             failures[image.id] = Failure(rejection.code, rejection.reason)
@@ -164,7 +187,10 @@ class Pipeline:
     masks_dir: Path
     max_attempts: int
     max_pixels: int
+    max_frames: int
+    max_file_bytes: int
     max_new_tokens: int
+    lease_s: int
     worker: str
 
     @classmethod
@@ -182,45 +208,89 @@ class Pipeline:
             masks_dir=settings.masks_dir,
             max_attempts=settings.max_attempts,
             max_pixels=settings.max_image_pixels,
+            max_frames=settings.max_frames,
+            max_file_bytes=settings.max_file_bytes,
             max_new_tokens=settings.max_new_tokens,
+            lease_s=settings.claim_lease_s,
             worker=worker,
         )
 
-    def run(self, image_ids: Sequence[int]) -> ChunkOutcome:
+    def run(self, image_ids: Sequence[int], token: str | None = None) -> ChunkOutcome:
+        """Claim and process a chunk; ``token`` names the claim (the task's id, so that its
+        retry takes its own images back)."""
         started = time.perf_counter()
         served = self.server.current()  # between chunks: the hot-reload point
         with structlog.contextvars.bound_contextvars(model_version=served.name):
             with self.sessions.begin() as session:
-                claim = lifecycle.claim(session, image_ids, max_attempts=self.max_attempts)
+                claim = lifecycle.claim(
+                    session,
+                    image_ids,
+                    max_attempts=self.max_attempts,
+                    lease_s=self.lease_s,
+                    token=token,
+                )
+                # A chunk none of whose images was started before shares one forward pass:
+                # all are in flight together, so all are counted at once.
+                fresh = not any(image.attempts for image in claim.images)
+                if fresh:
+                    lifecycle.start(session, [image.id for image in claim.images], claim.token)
             outcome = ChunkOutcome(served.name, skipped=claim.skipped)
             for image_id in claim.exhausted:
                 log.warning(
                     "image_failed", image_id=image_id, reason_code=ReasonCode.TOO_MANY_ATTEMPTS
                 )
             if claim.images:
+                ids = [image.id for image in claim.images]
                 try:
-                    self._classify_and_write(served, claim.images, outcome)
+                    with Heartbeat(self.sessions, ids, claim.token, self.lease_s):
+                        if fresh:
+                            self._classify_and_write(served, claim.images, claim.token, outcome)
+                        else:
+                            self._one_by_one(served, claim.images, claim.token, outcome)
                 except TRANSIENT_ERRORS:
                     raise
                 except Exception as error:
-                    self._fail_all(claim.images, error)
+                    self._fail_all(claim.images, claim.token, error)
                     raise
             log.info(
                 "chunk_finished",
                 images=len(image_ids),
                 claimed=len(claim.images),
                 exhausted=len(claim.exhausted),
+                one_by_one=bool(claim.images) and not fresh,
                 total_ms=round((time.perf_counter() - started) * 1000, 1),
                 **outcome.timings_ms,
                 **outcome.counts(),
             )
         return outcome
 
+    def _one_by_one(
+        self, served: ServedModel, images: list[ClaimedImage], token: str, outcome: ChunkOutcome
+    ) -> None:
+        """A chunk started before: each image counted as attempted, then finished, in turn."""
+        for image in images:
+            with self.sessions.begin() as session:
+                held = lifecycle.start(session, [image.id], token)
+            if held:
+                self._classify_and_write(served, [image], token, outcome)
+            else:  # the claim lapsed and another worker took the image over
+                outcome.taken_over.append(image.id)
+
     def _classify_and_write(
-        self, served: ServedModel, images: list[ClaimedImage], outcome: ChunkOutcome
+        self,
+        served: ServedModel,
+        images: list[ClaimedImage],
+        token: str,
+        outcome: ChunkOutcome,
     ) -> None:
         start = time.perf_counter()
-        prepared, failures = preprocess(images, served.classifier, max_pixels=self.max_pixels)
+        prepared, failures = preprocess(
+            images,
+            served.classifier,
+            max_pixels=self.max_pixels,
+            max_frames=self.max_frames,
+            max_bytes=self.max_file_bytes,
+        )
         preprocess_ms = (time.perf_counter() - start) * 1000
         start = time.perf_counter()
         classified, inference_failures = classify(
@@ -242,25 +312,29 @@ class Pipeline:
         ]
         with self.sessions.begin() as session:
             written = write_predictions(
-                session, rows, model_version_id=served.version_id, worker=self.worker
+                session,
+                rows,
+                model_version_id=served.version_id,
+                worker=self.worker,
+                token=token,
             )
-            lifecycle.mark_failed(session, failures)
-        write_ms = (time.perf_counter() - start) * 1000
-        outcome.written = written
-        outcome.duplicates = sorted({row.image_id for row in rows} - set(written))
+            lifecycle.mark_failed(session, failures, token)
+        outcome.written += written.inserted
+        outcome.duplicates += sorted(set(written.done) - set(written.inserted))
+        outcome.taken_over += sorted({row.image_id for row in rows} - set(written.done))
         outcome.failed.update(failures)
-        outcome.timings_ms = {
-            "preprocess_ms": round(preprocess_ms, 1),
-            "inference_ms": round(inference_ms, 1),
-            "write_ms": round(write_ms, 1),
-        }
-        self._log_images(images, classified, failures, set(written))
+        outcome.add_timings(
+            preprocess_ms=preprocess_ms,
+            inference_ms=inference_ms,
+            write_ms=(time.perf_counter() - start) * 1000,
+        )
+        self._log_images(images, classified, failures, set(written.inserted))
 
-    def _fail_all(self, images: list[ClaimedImage], error: Exception) -> None:
+    def _fail_all(self, images: list[ClaimedImage], token: str, error: Exception) -> None:
         failure = Failure(ReasonCode.WORKER_ERROR, f"{type(error).__name__}: {error}")
         log.exception("chunk_failed", images=len(images), error=failure.reason)
         with self.sessions.begin() as session:
-            lifecycle.mark_failed(session, {image.id: failure for image in images})
+            lifecycle.mark_failed(session, {image.id: failure for image in images}, token)
 
     @staticmethod
     def _log_images(
@@ -283,7 +357,7 @@ class Pipeline:
                     "image_classified",
                     label=item.result.label,
                     duplicate=image.id not in written,
-                    attempts=image.attempts,
+                    attempts=image.attempts + 1,  # this start included
                     preprocess_ms=round(item.prepared.preprocess_ms, 1),
                     inference_ms=round(item.inference_ms, 1),
                 )

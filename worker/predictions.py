@@ -1,9 +1,12 @@
 """Writing predictions: at most one per (image, model version), whoever gets there first.
 
-Delivery is at-least-once, so two workers (or one worker twice) may finish the same
-image. The unique constraint on predictions decides: the insert skips rows that
-already exist (``ON CONFLICT DO NOTHING``) instead of failing the chunk, and the
-image is marked ``done`` either way (``db.lifecycle``). Masks are written before the row that names
+Delivery is at-least-once, so two workers may work on the same image, one after
+the other's claim lapsed. Only the worker whose claim still holds the image may
+finish it: the images are marked ``done`` under its token first (``db.lifecycle``)
+and only their predictions are inserted, in the same transaction, so a worker whose
+claim was taken over writes nothing. The unique constraint on predictions stays the
+last guard: the insert skips rows that already exist (``ON CONFLICT DO NOTHING``)
+instead of failing the chunk. Masks are written before the row that names
 them, each through a temporary file and a rename, so a reader never sees half a PNG.
 """
 
@@ -15,16 +18,15 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image as PILImage
-from sqlalchemy import Insert
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from db import lifecycle
 from db.models import Prediction, utcnow
+from db.upsert import insert_new
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -41,6 +43,11 @@ class PredictionRow:
     mask_path: str | None
     preprocess_ms: float
     inference_ms: float
+
+
+class Written(NamedTuple):
+    done: list[int]  # marked done: this claim still held them
+    inserted: list[int]  # of those, the images whose prediction this call inserted
 
 
 def mask_directory(masks_dir: Path, version_name: str) -> Path:
@@ -63,37 +70,32 @@ def save_mask(mask: np.ndarray, directory: Path, image_id: int) -> Path:
     return target
 
 
-def _insert(session: Session) -> Insert:
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        return postgresql.insert(Prediction)
-    if dialect == "sqlite":
-        return sqlite.insert(Prediction)
-    raise NotImplementedError(f"idempotent prediction writes are not implemented for {dialect}")
-
-
 def write_predictions(
-    session: Session, rows: Sequence[PredictionRow], *, model_version_id: int, worker: str
-) -> list[int]:
-    """Insert the predictions that do not exist yet and mark every image done.
+    session: Session,
+    rows: Sequence[PredictionRow],
+    *,
+    model_version_id: int,
+    worker: str,
+    token: str,
+) -> Written:
+    """Mark done the images ``token``'s claim still holds and insert their predictions.
 
-    Returns the ids of the images whose prediction this call wrote; the others had
-    one for this model version already (a duplicate delivery).
+    Images whose claim was taken over get nothing written. Of those done, an image
+    that had a prediction of this model version already is not inserted again.
     """
-    if not rows:
-        return []
+    done = lifecycle.mark_done(session, [row.image_id for row in rows], token)
+    if not done:
+        return Written([], [])
     now = utcnow()
-    ordered = sorted(rows, key=lambda row: row.image_id)  # one lock order for every writer
+    held = set(done)
     values: list[dict[str, Any]] = [
         {**asdict(row), "model_version_id": model_version_id, "worker": worker, "created_at": now}
-        for row in ordered
+        for row in sorted(rows, key=lambda row: row.image_id)  # one lock order for every writer
+        if row.image_id in held
     ]
     statement = (
-        _insert(session)
+        insert_new(session, Prediction, ["image_id", "model_version_id"])
         .values(values)
-        .on_conflict_do_nothing(index_elements=["image_id", "model_version_id"])
         .returning(Prediction.image_id)
     )
-    written = sorted(session.scalars(statement).all())
-    lifecycle.mark_done(session, [row.image_id for row in ordered])
-    return written
+    return Written(done, sorted(session.scalars(statement).all()))

@@ -5,8 +5,12 @@ anything was ever promoted, the checkpoint in ``MDF_MODEL_DIR`` is registered as
 version (named after its manifest hash) and served, so a first night needs no
 training. ``ModelServer.current()`` runs before every chunk: one small query, and a
 reload only when the promotion changed, so a chunk is always classified by one
-version. A promoted checkpoint that fails to load is logged and not retried by this
-process; the worker keeps serving what it had rather than stopping the night.
+version. A promoted version is served only when its checkpoint's manifest hash is the
+one registered with it: a checkpoint replaced on disk with a rewritten manifest is
+refused, with the version name and both hashes in the log line. A promoted checkpoint
+that is refused or fails to load is logged and not retried by this process; the worker
+keeps serving what it had rather than stopping the night, or refuses to start with
+nothing to serve.
 """
 
 from __future__ import annotations
@@ -70,6 +74,10 @@ class ModelUnavailable(RuntimeError):
     """No model version can be served: nothing promoted, no usable MDF_MODEL_DIR."""
 
 
+class ModelRefused(RuntimeError):
+    """The loaded checkpoint is not the registered version (its manifest hash differs)."""
+
+
 @dataclass(frozen=True)
 class ServedModel:
     version_id: int
@@ -93,34 +101,54 @@ class ModelServer:
         self._device = device
         self._loader = loader
         self._served: ServedModel | None = None
-        self._broken: set[int] = set()
+        self._broken: dict[int, str] = {}  # version id -> why it cannot be served
 
-    def _load(self, path: Path) -> Classifier:
+    def _load(self, path: Path, expected: str | None = None) -> Classifier:
+        """The checkpoint at ``path``; with ``expected``, only if its manifest hash is that.
+
+        The real loader refuses a changed checkpoint before it reads any weight; the hash
+        of what was loaded is compared again here, so no loader serves another version.
+        """
         if self._loader is None:
             from mdf_model import load_classifier  # torch is imported only by workers
 
-            self._loader = load_classifier
-        return self._loader(path, device=self._device)
+            classifier = load_classifier(
+                path, device=self._device, expected_manifest_sha256=expected
+            )
+        else:
+            classifier = self._loader(path, device=self._device)
+        if expected is not None and classifier.version_hash != expected:
+            raise ModelRefused(
+                f"manifest hash {classifier.version_hash} differs from the registered "
+                f"{expected}: the checkpoint was replaced after it was registered"
+            )
+        return classifier
 
     def current(self) -> ServedModel:
         with self._sessions() as session:
             promoted = promoted_version(session)
-            target = (promoted.id, promoted.name, Path(promoted.path)) if promoted else None
+            target = (
+                (promoted.id, promoted.name, Path(promoted.path), promoted.manifest_sha256)
+                if promoted
+                else None
+            )
         if target is None:
             return self._served or self._serve_model_dir()
-        version_id, name, path = target
+        version_id, name, path, expected = target
         if self._served is not None and self._served.version_id == version_id:
             return self._served
         if version_id not in self._broken:
             try:
-                classifier = self._load(path)
+                classifier = self._load(path, expected)
             except Exception as error:
-                self._broken.add(version_id)
+                self._broken[version_id] = str(error)
                 log.error("model_load_failed", model_version=name, error=str(error))
             else:
                 return self._swap(ServedModel(version_id, name, classifier))
         if self._served is None:
-            raise ModelUnavailable(f"promoted model version {name} cannot be loaded from {path}")
+            raise ModelUnavailable(
+                f"promoted model version {name} cannot be loaded: {self._broken[version_id]}"
+            )
         return self._served
 
     def _serve_model_dir(self) -> ServedModel:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-import sqlalchemy.exc
 import structlog
 from celery import Task, shared_task
 
 from db.session import session_factory
 from mdf.celery_app import CLASSIFY_CHUNK, app_settings
+from mdf.logs import summarise_error
 from worker.inference import TRANSIENT_ERRORS, Pipeline
 from worker.serving import model_server
 
@@ -25,14 +25,6 @@ log = structlog.get_logger(__name__)
 #: With backoff 1, 2, 4 ... 300 s (full jitter) this rides out an outage of ten minutes or so.
 MAX_RETRIES = 12
 RETRY_BACKOFF_MAX_S = 300
-
-
-def describe(error: BaseException) -> str:
-    """The error without the SQL statement and parameters SQLAlchemy appends to it."""
-    if isinstance(error, sqlalchemy.exc.StatementError) and error.orig is not None:
-        error = error.orig
-    first_line = str(error).strip().splitlines()[:1]
-    return ": ".join([type(error).__name__, *first_line])
 
 
 class ChunkTask(Task):
@@ -44,7 +36,7 @@ class ChunkTask(Task):
             task_id=task_id,
             image_ids=kwargs.get("image_ids"),
             retries=self.request.retries,
-            error=describe(exc),
+            error=summarise_error(exc),
         )
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any):
@@ -53,7 +45,7 @@ class ChunkTask(Task):
             task_id=task_id,
             image_ids=kwargs.get("image_ids"),
             retries=self.request.retries,
-            error=describe(exc),
+            error=summarise_error(exc),
             note="images left queued or processing are re-sent by the scheduler's requeue",
         )
 
@@ -79,4 +71,6 @@ def classify_chunk(self: Task, image_ids: list[int]) -> dict[str, int]:
     with structlog.contextvars.bound_contextvars(
         task_id=self.request.id, retries=self.request.retries
     ):
-        return pipeline.run(image_ids).counts()
+        # The task's id names the claim: a retry of this task takes its images back at once,
+        # while another delivery of the same chunk leaves them to this one's live claim.
+        return pipeline.run(image_ids, token=self.request.id).counts()

@@ -10,6 +10,7 @@ from pathlib import Path
 from mdf.analysis.export import FORMATS, parse_since
 from mdf.errors import CommandError
 from mdf.settings import Settings
+from mdf.terminal import printable
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -26,7 +27,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         metavar="DATE",
         help="images registered (delivered) at or after this ISO date or time; UTC by default",
     )
-    results.add_argument("--label", help="only images whose latest prediction has this label")
+    results.add_argument("--label", help="only images whose shown prediction has this label")
     results.add_argument("--limit", type=int, metavar="N", help="at most N rows")
     results.add_argument(
         "--format", choices=FORMATS, default="table", help="table (default) shows fewer columns"
@@ -57,7 +58,7 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
     width = max([len("batch"), *map(len, counts)])
     print(f"{'batch':<{width}}  " + "  ".join(f"{s:>10}" for s in statuses))
     for name, row in counts.items():
-        print(f"{name:<{width}}  " + "  ".join(f"{row[s]:>10}" for s in statuses))
+        print(printable(f"{name:<{width}}  " + "  ".join(f"{row[s]:>10}" for s in statuses)))
     return 0
 
 

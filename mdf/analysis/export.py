@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from db.models import ImageStatus
+from mdf.terminal import csv_cell, printable
 
 Row = dict[str, Any]
 
@@ -46,12 +47,8 @@ COLUMNS: dict[str, sa.types.TypeEngine[Any]] = {
     "generated_text": sa.String(),
 }
 
-#: The view as the reports read it: the exported columns and, for thumbnails only, the path.
-STUDY_RESULTS = sa.table(
-    "study_results",
-    *(sa.column(name, type_) for name, type_ in COLUMNS.items()),
-    sa.column("source_path", sa.String()),
-)
+#: The view as the exports and the report read it.
+STUDY_RESULTS = sa.table("study_results", *(sa.column(n, type_) for n, type_ in COLUMNS.items()))
 
 
 @dataclass(frozen=True)
@@ -104,11 +101,12 @@ def write_table(rows: Sequence[Row], stream: IO[str]) -> None:
         probability = row["probability"]
         shown = f"{probability:.2f}" if probability is not None else "-"
         detail = re.sub(r"\s+", " ", row["reason"] or row["generated_text"] or "").strip()
-        stream.write(
+        line = (
             f"{row['image_id']:>6}  {row['laterality'] or '-':<3}  {row['status']:<10}  "
             f"{row['label'] or '-':<10}  {shown:>5}  {row['model_version'] or '-':<16}  "
-            f"{detail}\n"
+            f"{detail}"
         )
+        stream.write(printable(line) + "\n")
 
 
 def _plain(value: Any) -> Any:
@@ -118,7 +116,7 @@ def _plain(value: Any) -> Any:
 def write_csv(rows: Sequence[Row], stream: IO[str]) -> None:
     writer = csv.DictWriter(stream, fieldnames=list(COLUMNS))
     writer.writeheader()
-    writer.writerows({name: _plain(value) for name, value in row.items()} for row in rows)
+    writer.writerows({name: csv_cell(_plain(value)) for name, value in row.items()} for row in rows)
 
 
 def write_json(rows: Sequence[Row], stream: IO[str]) -> None:

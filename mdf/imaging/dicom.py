@@ -4,6 +4,18 @@ The header is parsed up to the Pixel Data element only. Completeness is then che
 the raw bytes without decoding: for native transfer syntaxes the Pixel Data length must
 cover Rows x Columns x Samples x Bits Allocated / 8 x Frames; for encapsulated ones the
 item sequence must reach its delimiter and hold a fragment for every frame.
+
+Decoding stays within bounds. A file holds at most `max_frames` frames (too_many_frames),
+and every JPEG, JPEG-LS and JPEG 2000 frame's codestream must declare the header's size,
+within `max_pixels` (codestream_mismatch), before anything is decoded: at intake for
+every frame, and again in the worker for the frame it decodes, with pydicom's own frame
+lookup, since the file may have changed. Native and RLE pixels are sized by the header,
+which `max_pixels` bounds. So decoding one frame of a file of S bytes peaks at about
+2 S + 32 max_pixels bytes above the worker's baseline: the file's bytes and pydicom's copy
+of its Pixel Data, then the decoder's output and working buffers (measured at about 31
+bytes a pixel for JPEG and JPEG 2000, 24 for JPEG-LS) and the 8-bit rescaling, done in
+place. tests/mdf/imaging/test_decode_bounds.py holds hostile files and maximal accepted
+ones under 2 S + 48 max_pixels.
 """
 
 from __future__ import annotations
@@ -17,11 +29,19 @@ import numpy as np
 from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.encaps import get_frame
 from pydicom.pixels import get_decoder, pixel_array
 from pydicom.pixels.utils import get_expected_length, get_nr_frames
-from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    UID,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    RLELossless,
+)
 
 from db.lifecycle import ReasonCode
+from mdf.imaging.codestream import check_codestream, check_frames, extended_offsets
 from mdf.imaging.rejection import Rejection, check_size
 
 __all__ = [
@@ -79,8 +99,11 @@ class DicomHeader:
     clinical_text: str | None
 
 
-def inspect_dicom(data: bytes, max_pixels: int, min_side: int) -> DicomHeader:
-    """Parse the header of the DICOM file `data`, apply the policy, check pixel completeness."""
+def inspect_dicom(data: bytes, max_pixels: int, min_side: int, max_frames: int) -> DicomHeader:
+    """Parse the header of the DICOM file `data`, apply the policy, check pixel completeness.
+
+    Every compressed frame's codestream header is checked against the header's size.
+    """
     stream = BytesIO(data)
     try:
         ds = dcmread(stream, force=True, stop_before_pixels=True)
@@ -95,7 +118,12 @@ def inspect_dicom(data: bytes, max_pixels: int, min_side: int) -> DicomHeader:
     try:
         header = _image_header(ds, body, offset)
         check_size(header.columns, header.rows, max_pixels, min_side)
-        _check_pixel_data(header, body, offset)
+        if header.frames > max_frames:
+            raise Rejection(
+                ReasonCode.TOO_MANY_FRAMES,
+                f"DICOM image claims {header.frames:,} frames; at most {max_frames} are read",
+            )
+        _check_pixel_data(header, body, offset, max_pixels)
     except Rejection:
         raise
     except Exception as exc:  # pydicom converts values lazily: a malformed one raises here.
@@ -105,14 +133,14 @@ def inspect_dicom(data: bytes, max_pixels: int, min_side: int) -> DicomHeader:
     return header
 
 
-def decode_dicom_frame(data: bytes, frame: int, max_pixels: int) -> np.ndarray:
+def decode_dicom_frame(data: bytes, frame: int, max_pixels: int, max_frames: int) -> np.ndarray:
     """Decode frame `frame` of the DICOM file `data` as HxWx3 uint8 RGB.
 
     pydicom converts YBR_* to RGB (its `as_rgb` default; codecs that already return RGB,
     as for JPEG baseline YBR_FULL_422, are recognised). More than 8 bits stored are
     rescaled to 0..255.
     """
-    header = inspect_dicom(data, max_pixels, min_side=1)
+    header = inspect_dicom(data, max_pixels, 1, max_frames)
     if not 0 <= frame < header.frames:
         raise Rejection(
             ReasonCode.DECODE_ERROR,
@@ -121,7 +149,20 @@ def decode_dicom_frame(data: bytes, frame: int, max_pixels: int) -> np.ndarray:
     try:
         ds = dcmread(BytesIO(data), force=True)
         ds.file_meta.TransferSyntaxUID = header.transfer_syntax  # absent from bare data sets
+        if _has_codestreams(header):
+            # The very bytes pydicom will decode: its lookup may differ from the walk at
+            # intake when a hostile offset table points elsewhere.
+            codestream = get_frame(
+                ds.PixelData,
+                frame,
+                number_of_frames=header.frames,
+                extended_offsets=extended_offsets(ds),
+                endianness=_endian(header),
+            )
+            check_codestream(codestream, frame, header.columns, header.rows, max_pixels)
         pixels = pixel_array(ds, index=frame)
+    except Rejection:
+        raise
     except Exception as exc:  # decoder plugins raise many types for damaged data.
         raise Rejection(
             ReasonCode.DECODE_ERROR,
@@ -132,7 +173,10 @@ def decode_dicom_frame(data: bytes, frame: int, max_pixels: int) -> np.ndarray:
     if pixels.dtype == np.uint8 and header.bits_stored == 8:
         return pixels
     top = (1 << header.bits_stored) - 1
-    scaled = (np.clip(pixels, 0, top).astype(np.uint32) * 255 + top // 2) // top
+    scaled = np.minimum(pixels, top).astype(np.uint32)  # in place from here: memory bound
+    scaled *= 255
+    scaled += top // 2
+    scaled //= top
     return scaled.astype(np.uint8)
 
 
@@ -245,9 +289,9 @@ def _transfer_syntax(ds: Dataset) -> UID:
     return ExplicitVRLittleEndian if little else ExplicitVRBigEndian
 
 
-def _check_pixel_data(header: DicomHeader, body: bytes, offset: int) -> None:
+def _check_pixel_data(header: DicomHeader, body: bytes, offset: int, max_pixels: int) -> None:
     """Check the Pixel Data element at `offset` holds every frame the header promises."""
-    endian = "<" if header.ds.original_encoding[1] else ">"
+    endian = _endian(header)
     if struct.unpack_from(f"{endian}HH", body, offset) != (0x7FE0, 0x0010):
         raise Rejection(ReasonCode.UNSUPPORTED_FORMAT, "DICOM holds float pixel data, not an image")
     # The VR says whether the element is explicit: some files declare an explicit transfer
@@ -286,6 +330,25 @@ def _check_pixel_data(header: DicomHeader, body: bytes, offset: int) -> None:
             f"Basic Offset Table lists {table_entries} frame(s), "
             f"Number of Frames says {header.frames}",
         )
+    if _has_codestreams(header):
+        stream = BytesIO(body)  # shares `body`'s memory until written to
+        stream.seek(start)
+        extended = extended_offsets(header.ds)
+        check_frames(
+            stream, header.frames, header.columns, header.rows, endian, extended, max_pixels
+        )
+
+
+def _has_codestreams(header: DicomHeader) -> bool:
+    """Whether the frames are JPEG, JPEG-LS or JPEG 2000 codestreams that state a size.
+
+    RLE segments are sized by the header; other encapsulated syntaxes are not decoded here.
+    """
+    return header.transfer_syntax.is_encapsulated and header.transfer_syntax != RLELossless
+
+
+def _endian(header: DicomHeader) -> str:
+    return "<" if header.ds.original_encoding[1] else ">"
 
 
 def _walk_items(body: bytes, start: int, endian: str) -> tuple[int, int]:

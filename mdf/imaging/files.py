@@ -29,6 +29,11 @@ Policy (each rejection carries a stable `code` and a specific human-readable `re
   `unsupported_transfer_syntax` names the syntax.
 - Size: more than `max_pixels` pixels in one image is `too_large` (a decompression bomb
   guard, also applied to Pillow); a side shorter than `min_side` is `too_small`.
+- Decoding stays within bounds (`mdf.imaging.dicom` states the memory bound): a DICOM
+  file with more than `max_frames` frames is `too_many_frames`; a compressed frame whose
+  JPEG, JPEG-LS or JPEG 2000 codestream declares another size than the header, or more
+  than `max_pixels`, is `codestream_mismatch`. Pillow decodes the size it reports from
+  the raster header, which the size check bounds before any pixel is decoded.
 - `empty_file`, `not_an_image` (text, PDF, unknown bytes), `unsupported_format` (another
   image format, or a colour encoding that cannot become RGB), `truncated`,
   `no_pixel_data` (a DICOM image object without Pixel Data) and `decode_error` (a
@@ -123,7 +128,12 @@ class ProbedFile:
 
 
 def probe(
-    path: Path, *, max_pixels: int = 50_000_000, min_side: int = 64, data: bytes | None = None
+    path: Path,
+    *,
+    max_pixels: int = 50_000_000,
+    min_side: int = 64,
+    max_frames: int = 64,
+    data: bytes | None = None,
 ) -> ProbedFile:
     """Return the usable images of one incoming file, or raise `Rejection` saying why not.
 
@@ -137,7 +147,7 @@ def probe(
     if kind != "dicom":
         width, height = _upright_size(_open_raster(data, kind, max_pixels, min_side), kind)
         return ProbedFile(sha256, kind, images=[ProbedImage(0, width, height)])
-    header = inspect_dicom(data, max_pixels, min_side)
+    header = inspect_dicom(data, max_pixels, min_side, max_frames)
     return ProbedFile(
         sha256,
         kind,
@@ -153,15 +163,19 @@ def probe(
     )
 
 
-def load_frame(path: Path, frame: int = 0, *, max_pixels: int = 50_000_000) -> np.ndarray:
+def load_frame(
+    path: Path, frame: int = 0, *, max_pixels: int = 50_000_000, max_frames: int = 64
+) -> np.ndarray:
     """Decode one image of a file as an HxWx3 uint8 RGB array; raise `Rejection` on failure.
 
     OSError from reading the file propagates.
     """
-    return decode_frame(path.read_bytes(), frame, max_pixels=max_pixels)
+    return decode_frame(path.read_bytes(), frame, max_pixels=max_pixels, max_frames=max_frames)
 
 
-def decode_frame(data: bytes, frame: int = 0, *, max_pixels: int = 50_000_000) -> np.ndarray:
+def decode_frame(
+    data: bytes, frame: int = 0, *, max_pixels: int = 50_000_000, max_frames: int = 64
+) -> np.ndarray:
     """Decode one image of a file's content as an HxWx3 uint8 RGB array, or raise `Rejection`.
 
     The content passes the same checks as in `probe` first (except the minimum size, which
@@ -171,7 +185,7 @@ def decode_frame(data: bytes, frame: int = 0, *, max_pixels: int = 50_000_000) -
     """
     kind = _sniff(data)
     if kind == "dicom":
-        return decode_dicom_frame(data, frame, max_pixels)
+        return decode_dicom_frame(data, frame, max_pixels, max_frames)
     image = _open_raster(data, kind, max_pixels, min_side=1)
     if frame != 0:
         raise Rejection(

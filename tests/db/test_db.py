@@ -76,6 +76,7 @@ def test_study_results_view_shows_latest_prediction(database_url: str) -> None:
         new = ModelVersion(name="v2", path="/b", manifest_sha256="2" * 64, labels=[])
         session.add_all([done, rejected, old, new])
         session.flush()
+        study_id = study.id
         for version, label in ((old, "acquired"), (new, "inherited")):
             session.add(
                 Prediction(
@@ -92,12 +93,12 @@ def test_study_results_view_shows_latest_prediction(database_url: str) -> None:
     with engine.connect() as connection:
         rows = connection.execute(
             sa.text(
-                "SELECT batch, study, laterality, status, reason, label, probability, "
+                "SELECT batch, study_id, laterality, status, reason, label, probability, "
                 "model_version FROM study_results ORDER BY image_id"
             )
         ).all()
     engine.dispose()
     assert [tuple(r) for r in rows] == [
-        ("night-1", "1.2.3", "L", "done", None, "inherited", 0.75, "v2"),
+        ("night-1", study_id, "L", "done", None, "inherited", 0.75, "v2"),
         ("night-1", None, None, "rejected", "cut short", None, None, None),
     ]

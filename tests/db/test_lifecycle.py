@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -23,11 +24,13 @@ from db.lifecycle import (
     allowed_from,
     may_change,
 )
-from db.models import Batch, Image
+from db.models import Batch, Image, utcnow
 from db.session import session_factory
 from mdf.imaging import Rejection
 
 MAX_ATTEMPTS = 3
+LEASE_S = 300
+TOKEN = "the-test's-claim"
 
 
 @pytest.fixture
@@ -57,6 +60,12 @@ def add(
     ]
 
 
+def aware(moment: datetime | None) -> datetime:
+    """SQLite gives back naive UTC times, PostgreSQL aware ones."""
+    assert moment is not None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def row(sessions: sessionmaker[Session], image_id: int) -> Image:
     with sessions() as session:
         return session.get_one(Image, image_id)
@@ -81,15 +90,23 @@ def _queue(session: Session, ids: list[int]) -> None:
 
 
 def _claim(session: Session, ids: list[int]) -> None:
-    lifecycle.claim(session, ids, max_attempts=MAX_ATTEMPTS)
+    lifecycle.claim(session, ids, max_attempts=MAX_ATTEMPTS, lease_s=LEASE_S)
+
+
+def _held(session: Session, ids: list[int], token: str = TOKEN) -> None:
+    """Give ``ids`` to the claim ``token``, whatever their status, as a worker's claim would."""
+    session.execute(sa.update(Image).where(Image.id.in_(ids)).values(claim_token=token))
 
 
 def _done(session: Session, ids: list[int]) -> None:
-    lifecycle.mark_done(session, ids)
+    _held(session, ids)
+    lifecycle.mark_done(session, ids, TOKEN)
 
 
 def _fail(session: Session, ids: list[int]) -> None:
-    lifecycle.mark_failed(session, dict.fromkeys(ids, Failure(ReasonCode.DECODE_ERROR, "no")))
+    _held(session, ids)
+    failures = dict.fromkeys(ids, Failure(ReasonCode.DECODE_ERROR, "no"))
+    lifecycle.mark_failed(session, failures, TOKEN)
 
 
 @pytest.mark.parametrize(
@@ -114,20 +131,129 @@ def test_a_change_the_table_refuses_leaves_the_image_as_it_is(
     assert after == {s: target if s in allowed_from(target) else s for s in ImageStatus}
 
 
-def test_claims_queued_and_processing_and_counts_the_attempt(
+def test_a_claim_holds_a_lease_and_start_counts_the_attempt(
     sessions: sessionmaker[Session],
 ) -> None:
     queued = add(sessions, ImageStatus.QUEUED)
-    stalled = add(sessions, ImageStatus.PROCESSING, attempts=1)
+    stalled = add(sessions, ImageStatus.PROCESSING, attempts=1)  # claimed before leases
+    before = utcnow()
     with sessions.begin() as session:
-        claim = lifecycle.claim(session, [*stalled, *queued, *queued], max_attempts=MAX_ATTEMPTS)
+        claim = lifecycle.claim(
+            session, [*stalled, *queued, *queued], max_attempts=MAX_ATTEMPTS, lease_s=LEASE_S
+        )
     assert [image.id for image in claim.images] == sorted(queued + stalled)
     assert claim.skipped == [] and claim.exhausted == []
-    for image_id, attempts in ((queued[0], 1), (stalled[0], 2)):
+    for image_id, attempts in ((queued[0], 0), (stalled[0], 1)):  # a claim counts nothing
         image = row(sessions, image_id)
         assert image.status is ImageStatus.PROCESSING
         assert image.attempts == attempts
         assert image.started_at is not None
+        assert image.claim_token == claim.token
+        lease = aware(image.lease_expires_at)
+        assert before + timedelta(seconds=LEASE_S) <= lease <= utcnow() + timedelta(seconds=LEASE_S)
+    with sessions.begin() as session:
+        assert lifecycle.start(session, queued, claim.token) == queued
+        assert lifecycle.start(session, stalled, "another claim") == []
+    assert (row(sessions, queued[0]).attempts, row(sessions, stalled[0]).attempts) == (1, 1)
+
+
+def _expire(sessions: sessionmaker[Session], ids: list[int]) -> None:
+    """The lease on ``ids`` lapsed a second ago: their worker stopped renewing it."""
+    with sessions.begin() as session:
+        session.execute(
+            sa.update(Image)
+            .where(Image.id.in_(ids))
+            .values(lease_expires_at=utcnow() - timedelta(seconds=1))
+        )
+
+
+def test_a_live_claim_is_left_alone_and_a_lapsed_one_is_taken_over(
+    sessions: sessionmaker[Session],
+) -> None:
+    ids = add(sessions, ImageStatus.QUEUED, ImageStatus.QUEUED)
+    with sessions.begin() as session:
+        first = lifecycle.claim(session, ids, max_attempts=MAX_ATTEMPTS, lease_s=LEASE_S)
+    with sessions.begin() as session:  # another delivery of the chunk, while it runs
+        second = lifecycle.claim(session, ids, max_attempts=MAX_ATTEMPTS, lease_s=LEASE_S)
+        again = lifecycle.claim(
+            session, ids, max_attempts=MAX_ATTEMPTS, lease_s=LEASE_S, token=first.token
+        )
+    assert second.images == [] and second.skipped == ids
+    assert [image.id for image in again.images] == ids  # the task's own retry takes them back
+    _expire(sessions, ids[:1])
+    with sessions.begin() as session:
+        taker = lifecycle.claim(session, ids, max_attempts=MAX_ATTEMPTS, lease_s=LEASE_S)
+    assert [image.id for image in taker.images] == ids[:1] and taker.skipped == ids[1:]
+    with sessions.begin() as session:
+        assert lifecycle.renew(session, ids, first.token, LEASE_S) == ids[1:]
+        assert lifecycle.mark_done(session, ids, first.token) == ids[1:]
+        lifecycle.mark_failed(
+            session, {ids[0]: Failure(ReasonCode.DECODE_ERROR, "late")}, first.token
+        )
+    assert row(sessions, ids[0]).status is ImageStatus.PROCESSING  # the taker's, untouched
+    assert row(sessions, ids[0]).claim_token == taker.token
+    assert row(sessions, ids[1]).status is ImageStatus.DONE
+    assert row(sessions, ids[1]).lease_expires_at is None
+
+
+def test_renew_extends_the_lease_of_the_images_still_held(
+    sessions: sessionmaker[Session],
+) -> None:
+    ids = add(sessions, ImageStatus.QUEUED, ImageStatus.QUEUED)
+    with sessions.begin() as session:
+        claim = lifecycle.claim(session, ids, max_attempts=MAX_ATTEMPTS, lease_s=10)
+    short = aware(row(sessions, ids[0]).lease_expires_at)
+    with sessions.begin() as session:
+        lifecycle.mark_done(session, ids[1:], claim.token)
+        assert lifecycle.renew(session, ids, claim.token, LEASE_S) == ids[:1]
+        assert lifecycle.renew(session, ids, "someone else", LEASE_S) == []
+    renewed = aware(row(sessions, ids[0]).lease_expires_at)
+    assert renewed >= short + timedelta(seconds=LEASE_S - 10)
+
+
+def test_a_lapsed_claim_is_requeued_at_once_and_a_live_one_never(
+    sessions: sessionmaker[Session],
+) -> None:
+    ids = add(sessions, ImageStatus.QUEUED, ImageStatus.QUEUED, ImageStatus.QUEUED)
+    (queued,) = add(sessions, ImageStatus.QUEUED)  # sent a moment ago: not stalled
+    with sessions.begin() as session:
+        claim = lifecycle.claim(session, ids, max_attempts=MAX_ATTEMPTS, lease_s=LEASE_S)
+        lifecycle.start(session, ids, claim.token)
+    with sessions.begin() as session:  # a live claim, however old, is left to its worker
+        session.execute(
+            sa.update(Image)
+            .values(status_changed_at=utcnow() - timedelta(days=1))
+            .where(Image.id.in_(ids))
+        )
+        assert lifecycle.requeue_stalled(session, older_than_s=60, max_attempts=MAX_ATTEMPTS) == (
+            [],
+            [],
+        )
+    _expire(sessions, ids[:2])
+    with sessions.begin() as session:
+        session.execute(sa.update(Image).where(Image.id == ids[1]).values(attempts=MAX_ATTEMPTS))
+        assert lifecycle.requeue_expired(session, max_attempts=MAX_ATTEMPTS) == (
+            [ids[0]],
+            [ids[1]],
+        )
+    assert row(sessions, ids[0]).status is ImageStatus.QUEUED
+    assert row(sessions, ids[0]).lease_expires_at is None
+    assert row(sessions, ids[1]).reason_code == ReasonCode.TOO_MANY_ATTEMPTS
+    assert [row(sessions, i).status for i in (ids[2], queued)] == [
+        ImageStatus.PROCESSING,
+        ImageStatus.QUEUED,
+    ]
+    _expire(sessions, ids[2:])
+    with sessions.begin() as session:  # the regular requeue takes lapsed claims too
+        assert lifecycle.requeue_stalled(session, older_than_s=3600, max_attempts=MAX_ATTEMPTS) == (
+            [ids[2]],
+            [],
+        )
+    assert row(sessions, ids[2]).claim_token is None  # the lapsed claim is void
+    with sessions.begin() as session:
+        # The worker whose claim was re-sent can no longer finish those images; the one
+        # given up on is still its own: a late result counts.
+        assert lifecycle.mark_done(session, ids, claim.token) == [ids[1]]
 
 
 def test_finished_registered_and_unknown_images_are_skipped(
@@ -137,7 +263,9 @@ def test_finished_registered_and_unknown_images_are_skipped(
         sessions, ImageStatus.DONE, ImageStatus.FAILED, ImageStatus.REJECTED, ImageStatus.REGISTERED
     )
     with sessions.begin() as session:
-        claim = lifecycle.claim(session, [*ids, 999_999], max_attempts=MAX_ATTEMPTS)
+        claim = lifecycle.claim(
+            session, [*ids, 999_999], max_attempts=MAX_ATTEMPTS, lease_s=LEASE_S
+        )
     assert claim.images == [] and claim.exhausted == []
     assert claim.skipped == [*ids, 999_999]
     with sessions() as session:
@@ -150,7 +278,7 @@ def test_an_image_started_max_attempts_times_is_failed_not_retried(
     (worn,) = add(sessions, ImageStatus.PROCESSING, attempts=MAX_ATTEMPTS)
     (fresh,) = add(sessions, ImageStatus.QUEUED, attempts=MAX_ATTEMPTS - 1)
     with sessions.begin() as session:
-        claim = lifecycle.claim(session, [worn, fresh], max_attempts=MAX_ATTEMPTS)
+        claim = lifecycle.claim(session, [worn, fresh], max_attempts=MAX_ATTEMPTS, lease_s=LEASE_S)
     assert claim.exhausted == [worn]
     assert [image.id for image in claim.images] == [fresh]
     image = row(sessions, worn)
@@ -166,6 +294,7 @@ def test_mark_failed_keeps_each_reason_and_spares_finished_images(
     first, second = add(sessions, ImageStatus.QUEUED, ImageStatus.QUEUED)
     (done,) = add(sessions, ImageStatus.DONE)
     with sessions.begin() as session:
+        _held(session, [first, second, done])
         lifecycle.mark_failed(
             session,
             {
@@ -173,6 +302,7 @@ def test_mark_failed_keeps_each_reason_and_spares_finished_images(
                 second: Failure(ReasonCode.UNUSABLE_IMAGE, "no retina visible"),
                 done: Failure(ReasonCode.UNUSABLE_IMAGE, "too late"),
             },
+            TOKEN,
         )
     assert (row(sessions, first).reason_code, row(sessions, first).status) == (
         "decode_error",
@@ -186,8 +316,9 @@ def test_mark_failed_keeps_each_reason_and_spares_finished_images(
 def test_a_late_result_clears_the_failure(sessions: sessionmaker[Session]) -> None:
     (image,) = add(sessions, ImageStatus.PROCESSING, attempts=MAX_ATTEMPTS)
     with sessions.begin() as session:
+        _held(session, [image])  # the claim of the worker still on it
         assert lifecycle.give_up(session, [image], MAX_ATTEMPTS) == [image]
-        lifecycle.mark_done(session, [image])
+        assert lifecycle.mark_done(session, [image], TOKEN) == [image]
     done = row(sessions, image)
     assert (done.status, done.reason_code, done.reason) == (ImageStatus.DONE, None, None)
 

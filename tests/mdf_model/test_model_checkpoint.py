@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 from pathlib import Path
@@ -13,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mdf_model import CheckpointError, Classifier, MDFModel, PreparedInput, load_classifier
-from mdf_model.checkpoint import write_manifest
+from mdf_model.checkpoint import read_verified, verify_manifest, write_manifest
 from mdf_model.tiny import build_tiny_checkpoint
 
 
@@ -107,6 +108,48 @@ def test_edited_manifest_is_named(damaged: Path) -> None:
     (damaged / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(CheckpointError, match=r"manifest\.json: version hash"):
         load_classifier(damaged)
+
+
+@pytest.mark.parametrize(
+    "extra", ["notes.txt", "processor/manifest.json", "base/pytorch_model.bin"]
+)
+def test_a_file_the_manifest_does_not_list_invalidates_the_checkpoint(
+    damaged: Path, extra: str
+) -> None:
+    (damaged / extra).write_bytes(b"not listed")
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(extra)}: in the checkpoint but not"):
+        load_classifier(damaged)
+
+
+def test_a_link_the_manifest_does_not_list_invalidates_the_checkpoint(damaged: Path) -> None:
+    (damaged / "base" / "more").symlink_to(damaged / "processor", target_is_directory=True)
+    with pytest.raises(CheckpointError, match=r"^base/more: in the checkpoint but not listed"):
+        load_classifier(damaged)
+
+
+def test_a_checkpoint_rewritten_after_registration_is_refused(damaged: Path) -> None:
+    registered = json.loads((damaged / "manifest.json").read_text())["version_hash"]
+    assert load_classifier(damaged, expected_manifest_sha256=registered).version_hash == registered
+    path = damaged / "unet.safetensors"
+    state = load_file(str(path))
+    state = {k: v + 1 if v.is_floating_point() else v for k, v in state.items()}
+    save_file(state, str(path))
+    rewritten = write_manifest(damaged)  # consistent: the checkpoint alone loads
+    assert load_classifier(damaged).version_hash == rewritten != registered
+    with pytest.raises(
+        CheckpointError,
+        match=rf"^manifest\.json: manifest hash {rewritten} differs from the "
+        rf"registered {registered}",
+    ):
+        load_classifier(damaged, expected_manifest_sha256=registered)
+
+
+def test_a_file_replaced_after_verification_is_not_read(damaged: Path) -> None:
+    manifest = verify_manifest(damaged)  # what loading verifies first
+    _flip_byte(damaged / "unet.safetensors")  # then reads, a moment later
+    with pytest.raises(CheckpointError, match=r"unet\.safetensors: changed while"):
+        read_verified(damaged, manifest, "unet.safetensors")
+    assert read_verified(damaged, manifest, "mdf_config.json")  # an unchanged one is read
 
 
 def test_weights_of_the_wrong_shape_are_named_even_with_a_fresh_manifest(damaged: Path) -> None:

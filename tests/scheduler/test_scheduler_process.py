@@ -15,17 +15,32 @@ from PIL import Image as PILImage
 
 from db.session import session_factory
 from mdf.analysis.status import status_counts
-from mdf.celery_app import REQUEUE_STALLED, SCAN_INBOXES, TRAIN, create_app
+from mdf.celery_app import REQUEUE_EXPIRED, REQUEUE_STALLED, SCAN_INBOXES, TRAIN, create_app
 from mdf.settings import Settings
 
 
 def test_beat_schedule_comes_from_the_settings(settings: Settings) -> None:
     custom = settings.model_copy(update={"scan_cron": "30 2 * * 1-5", "train_cron": "0 4 1 * *"})
     schedule = create_app(custom).conf.beat_schedule
-    assert {entry["task"] for entry in schedule.values()} == {SCAN_INBOXES, REQUEUE_STALLED, TRAIN}
+    assert {entry["task"] for entry in schedule.values()} == {
+        SCAN_INBOXES,
+        REQUEUE_STALLED,
+        REQUEUE_EXPIRED,
+        TRAIN,
+    }
     scan = schedule["scan-inboxes"]["schedule"]
     assert scan == crontab(minute="30", hour="2", day_of_week="1-5")
     assert schedule["train"]["schedule"] == crontab(minute="0", hour="4", day_of_month="1")
+
+
+def test_every_scheduled_task_has_a_handler(settings: Settings) -> None:
+    import scheduler.tasks
+    import training.tasks  # noqa: F401  (the training queue's worker serves TRAIN)
+
+    app = create_app(settings)
+    scheduled = {entry["task"] for entry in app.conf.beat_schedule.values()}
+    assert scheduled <= set(app.tasks), scheduled - set(app.tasks)
+    assert scheduler.tasks.requeue_expired_claims.name == REQUEUE_EXPIRED
 
 
 def test_unmigrated_database_is_refused_with_a_clear_message(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from mdf.synthetic.delivery import write_dataset
 from scheduler.service import Scheduler
 from training.config import EarlyStopping, TrainConfig
 from training.memory import estimate
-from training.run import load_for_training, train_and_evaluate
+from training.run import STATE_FILE, load_for_training, train_and_evaluate
 from training.trainer import BestWeights, ComponentWatch, Trainer, learning_rate_factor
 
 
@@ -121,7 +121,7 @@ def test_training_ends_with_the_weights_validated_at_the_best_answer_loss(
 def test_a_resumed_fit_still_ends_with_the_best_weights_from_before_the_break(
     tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
-    state = tmp_path / "state.pt"
+    state = tmp_path / "state.safetensors"
     config = TrainConfig(epochs=2, batch_size=4, early_stopping=EarlyStopping(patience=10))
     classifier = load_for_training(tiny_checkpoint, config)
     inputs, targets = _training_set(classifier)
@@ -242,7 +242,7 @@ def test_a_run_resumes_from_its_last_saved_epoch(
     base |= {"image_only_eval": False}
     first = train_and_evaluate(TrainConfig(epochs=1, **base), labelled_night)
     first_history = json.loads(first.report.read_text())["history"]
-    assert (first.report.parent / "state.pt").is_file()
+    assert (first.report.parent / STATE_FILE).is_file()
 
     resumed = train_and_evaluate(
         TrainConfig(epochs=2, resume_run=first.run_id, **base), labelled_night

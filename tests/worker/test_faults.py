@@ -2,12 +2,14 @@
 PostgreSQL is real, and Redis is a real server private to each test.
 
 Each test breaks something in the middle of a batch (a worker killed, the broker
-restarted empty, the database cut off, a poisoned image, a second worker racing the
-first) and then requires every image to end with exactly one prediction or a reason.
+restarted empty, the database cut off, a poisoned image, one that kills its worker, a
+second worker racing the first) and then requires every image to end with exactly one
+prediction or a reason.
 """
 
 from __future__ import annotations
 
+import signal
 import time
 from collections import Counter
 from pathlib import Path
@@ -35,6 +37,10 @@ pytestmark = [
 
 READY_S = 120  # a cold start imports torch and transformers on a busy two-core machine
 FINISH_S = 180
+LEASE_S = "10"  # the shortest claim lease allowed: a dead worker's chunk lapses quickly
+#: On a worker's PYTHONPATH: its decoder kills it on a file holding ``POISON``.
+CRASHING_DECODER = Path(__file__).parent / "crashing_decoder"
+POISON = b"mdf-test: this file kills the decoder"
 
 
 @pytest.fixture
@@ -83,6 +89,12 @@ def _waiting_on_predictions(engine: sa.Engine) -> bool:
         )
 
 
+def _resent(scheduler: Scheduler) -> tuple[int, int] | None:
+    """What the scheduler's requeue re-sent or gave up on (requeue_after_s not elapsed)."""
+    requeued, failed = scheduler.requeue()
+    return (requeued, failed) if requeued or failed else None
+
+
 def test_a_worker_killed_mid_chunk_is_replaced_without_double_results(
     worker_settings: Settings, sessions: sessionmaker[Session], start_worker, tmp_path: Path
 ) -> None:
@@ -93,7 +105,7 @@ def test_a_worker_killed_mid_chunk_is_replaced_without_double_results(
         # Hold the predictions table: the worker claims and classifies its first chunk,
         # then waits to write it. That is where it dies.
         blocker.execute(sa.text("LOCK TABLE predictions IN SHARE ROW EXCLUSIVE MODE"))
-        first = start_worker("first")
+        first = start_worker("first", MDF_CLAIM_LEASE_S=LEASE_S)
         wait_for(
             lambda: _waiting_on_predictions(engine),
             timeout=READY_S,
@@ -107,7 +119,13 @@ def test_a_worker_killed_mid_chunk_is_replaced_without_double_results(
     engine.dispose()
     assert predictions_per_image(sessions) == {}
 
-    scheduler.requeue(older_than_s=0)  # what the scheduler's schedule does for stalled work
+    # Its claim lapses within the lease, and the scheduler's requeue re-sends the chunk
+    # then, without waiting requeue_after_s (an hour).
+    assert worker_settings.requeue_after_s == 3600
+    resent = wait_for(
+        lambda: _resent(scheduler), timeout=30, what="the dead worker's claim to lapse"
+    )
+    assert resent == (4, 0)
     second = start_worker("second", "--burst")
     assert second.process.wait(FINISH_S) == 0, second.log()[-3000:]
     _assert_one_prediction_each(sessions, 8)
@@ -245,5 +263,42 @@ def test_two_workers_on_one_queue_never_predict_an_image_twice(
     # lost the race to write it (a duplicate the database refused).
     assert sum(chunk["written"] for chunk in chunks) == 16
     assert sum(chunk["skipped"] + chunk["duplicates"] for chunk in chunks) == 16
-    assert sum(chunk["duplicates"] for chunk in chunks) > 0  # the race did happen
+    # The later delivery of each chunk found it claimed or done: nothing processed twice.
+    assert sum(chunk["duplicates"] + chunk["taken_over"] for chunk in chunks) == 0
     assert not any(worker.events("chunk_failed") for worker in workers)
+
+
+def test_an_image_that_kills_its_worker_fails_alone_and_its_chunk_mates_end_done(
+    worker_settings: Settings,
+    sessions: sessionmaker[Session],
+    start_worker,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = _with(monkeypatch, MDF_CHUNK_SIZE="16")
+    inbox = _inbox(tmp_path / "inbox", 15)
+    picture = np.full((96, 96, 3), (200, 60, 40), dtype=np.uint8)
+    PILImage.fromarray(picture).save(inbox / "poison.jpg", comment=POISON)
+    scheduler = Scheduler(settings)
+    _, queued = scheduler.ingest(inbox)
+    assert queued == 16  # one chunk
+    with sessions() as session:
+        poison = session.scalar(sa.select(Image.id).where(Image.source_path.endswith("poison.jpg")))
+    crashing = {"PYTHONPATH": str(CRASHING_DECODER), "MDF_CLAIM_LEASE_S": LEASE_S}
+    resent = []
+    for attempt in range(settings.max_attempts):
+        victim = start_worker(f"victim{attempt}", **crashing)
+        assert victim.process.wait(READY_S + FINISH_S) == -signal.SIGKILL, victim.log()[-3000:]
+        resent.append(wait_for(lambda: _resent(scheduler), timeout=30, what="a lapsed claim"))
+    # Three crashes: the first ran the chunk together, the next two image by image; then
+    # the scheduler gave up on the poison alone and re-sent the rest.
+    assert resent[0] == (16, 0) and resent[-1][1] == 1
+    survivor = start_worker("survivor", "--burst", **crashing)
+    assert survivor.process.wait(FINISH_S) == 0, survivor.log()[-3000:]
+    with sessions() as session:
+        rows = session.execute(sa.select(Image.id, Image.status, Image.reason_code, Image.attempts))
+        outcome = {image_id: (status, code, attempts) for image_id, status, code, attempts in rows}
+    assert outcome.pop(poison) == (ImageStatus.FAILED, "too_many_attempts", settings.max_attempts)
+    assert {status for status, _, _ in outcome.values()} == {ImageStatus.DONE}
+    assert max(attempts for _, _, attempts in outcome.values()) < settings.max_attempts
+    assert set(predictions_per_image(sessions)) == set(outcome)

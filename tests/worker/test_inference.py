@@ -8,43 +8,20 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 from fake_classifier import FakeLoader, write_jpeg
-from image_rows import add_images, predictions_per_image, promote, statuses
+from image_rows import predictions_per_image, promote, statuses
 from PIL import Image as PILImage
+from pipelines import make_pipeline
+from registered import add_files
 from sqlalchemy.orm import Session, sessionmaker
 
 import worker.inference
 from db.lifecycle import ImageStatus
-from db.models import Image, ModelVersion, Prediction
-from worker.inference import Pipeline
-from worker.serving import Classifier, ModelServer
-
-
-def _pipeline(
-    sessions: sessionmaker[Session],
-    tmp_path: Path,
-    loader: FakeLoader | None = None,
-    *,
-    worker: str = "w1@host",
-    model_dir: Path | None = None,
-) -> Pipeline:
-    server = ModelServer(
-        sessions, model_dir=model_dir or tmp_path / "base", device="cpu", loader=loader
-    )
-    return Pipeline(
-        sessions=sessions,
-        server=server,
-        masks_dir=tmp_path / "masks",
-        max_attempts=3,
-        max_pixels=10_000_000,
-        max_new_tokens=4,
-        worker=worker,
-    )
+from db.models import Image, ModelVersion, Prediction, utcnow
+from worker.serving import Classifier
 
 
 def _images(sessions: sessionmaker[Session], folder: Path, reds: list[int]) -> list[int]:
-    return add_images(
-        sessions, [write_jpeg(folder / f"{i}.jpg", red) for i, red in enumerate(reds)]
-    )
+    return add_files(sessions, [write_jpeg(folder / f"{i}.jpg", red) for i, red in enumerate(reds)])
 
 
 def _reasons(sessions: sessionmaker[Session]) -> dict[int, tuple[str | None, str | None]]:
@@ -57,7 +34,7 @@ def test_a_chunk_is_classified_in_one_batch_and_recorded(
     sessions: sessionmaker[Session], tmp_path: Path, fake_loader: FakeLoader
 ) -> None:
     ids = _images(sessions, tmp_path / "in", [200, 40, 180, 20])
-    pipeline = _pipeline(sessions, tmp_path, fake_loader)
+    pipeline = make_pipeline(sessions, tmp_path, fake_loader)
     outcome = pipeline.run(ids)
     served = pipeline.server.current()
     assert served.classifier.batches == [4]
@@ -87,12 +64,12 @@ def test_unusable_images_fail_alone_with_their_reasons(
     sessions: sessionmaker[Session], tmp_path: Path, fake_loader: FakeLoader
 ) -> None:
     good = _images(sessions, tmp_path / "in", [200, 40])
-    (black,) = add_images(sessions, [write_jpeg(tmp_path / "black.jpg", 0)])
+    (black,) = add_files(sessions, [write_jpeg(tmp_path / "black.jpg", 0)])
     text_file = tmp_path / "notes.jpg"
     text_file.write_text("not a photograph")
-    (text,) = add_images(sessions, [text_file])
-    (missing,) = add_images(sessions, [tmp_path / "gone.jpg"])
-    pipeline = _pipeline(sessions, tmp_path, fake_loader)
+    (text,) = add_files(sessions, [text_file])
+    (missing,) = add_files(sessions, [tmp_path / "gone.jpg"])
+    pipeline = make_pipeline(sessions, tmp_path, fake_loader)
     outcome = pipeline.run([*good, black, text, missing])
     assert pipeline.server.current().classifier.batches == [2]  # the rest went on together
     assert outcome.written == good
@@ -112,7 +89,7 @@ def test_an_image_that_breaks_the_forward_pass_fails_alone(
     sessions: sessionmaker[Session], tmp_path: Path, fake_loader: FakeLoader
 ) -> None:
     ids = _images(sessions, tmp_path / "in", [200, 255, 40])
-    pipeline = _pipeline(sessions, tmp_path, fake_loader)
+    pipeline = make_pipeline(sessions, tmp_path, fake_loader)
     outcome = pipeline.run(ids)
     assert pipeline.server.current().classifier.batches == [3, 1, 1, 1]
     assert outcome.written == [ids[0], ids[2]]
@@ -122,29 +99,51 @@ def test_an_image_that_breaks_the_forward_pass_fails_alone(
     )
 
 
-def test_a_chunk_finished_meanwhile_by_another_worker_is_not_written_twice(
+def test_a_duplicate_delivery_leaves_a_live_claim_alone(
     sessions: sessionmaker[Session], tmp_path: Path, fake_loader: FakeLoader
 ) -> None:
     ids = _images(sessions, tmp_path / "in", [200, 40, 90])
-    first = _pipeline(sessions, tmp_path, fake_loader, worker="first@host")
-    second = _pipeline(sessions, tmp_path, fake_loader, worker="second@host")
-    first.server.current().classifier.on_classify = lambda: second.run(ids)  # a duplicate delivery
+    first = make_pipeline(sessions, tmp_path, fake_loader, worker="first@host")
+    second = make_pipeline(sessions, tmp_path, fake_loader, worker="second@host")
+    duplicates = []
+    first.server.current().classifier.on_classify = lambda: duplicates.append(second.run(ids))
     outcome = first.run(ids)
-    assert outcome.written == [] and outcome.duplicates == ids
-    assert predictions_per_image(sessions) == dict.fromkeys(ids, 1)
+    assert outcome.written == ids
+    assert duplicates[0].skipped == ids and duplicates[0].written == []
     with sessions() as session:
-        assert set(session.scalars(sa.select(Prediction.worker))) == {"second@host"}
-        assert set(session.scalars(sa.select(Image.attempts))) == {2}
+        assert set(session.scalars(sa.select(Prediction.worker))) == {"first@host"}
+        assert set(session.scalars(sa.select(Image.attempts))) == {1}
     again = first.run(ids)  # the broker delivers it once more
     assert again.skipped == ids and again.written == []
     assert predictions_per_image(sessions) == dict.fromkeys(ids, 1)
+
+
+def test_a_worker_whose_claim_was_taken_over_writes_nothing(
+    sessions: sessionmaker[Session], tmp_path: Path, fake_loader: FakeLoader
+) -> None:
+    ids = _images(sessions, tmp_path / "in", [200, 40, 90])
+    slow = make_pipeline(sessions, tmp_path, fake_loader, worker="slow@host")
+    taker = make_pipeline(sessions, tmp_path, fake_loader, worker="taker@host")
+
+    def stalls_past_its_lease() -> None:
+        with sessions.begin() as session:
+            session.execute(sa.update(Image).values(lease_expires_at=utcnow()))
+        taker.run(ids)  # the scheduler re-sent the chunk; another worker took it
+
+    slow.server.current().classifier.on_classify = stalls_past_its_lease
+    outcome = slow.run(ids)
+    assert outcome.written == [] and outcome.taken_over == ids
+    assert predictions_per_image(sessions) == dict.fromkeys(ids, 1)
+    with sessions() as session:
+        assert set(session.scalars(sa.select(Prediction.worker))) == {"taker@host"}
+    assert set(statuses(sessions).values()) == {ImageStatus.DONE}
 
 
 def test_the_model_is_swapped_between_chunks_never_within_one(
     sessions: sessionmaker[Session], tmp_path: Path, fake_loader: FakeLoader
 ) -> None:
     ids = _images(sessions, tmp_path / "in", [60, 70, 80, 90, 100, 110])
-    pipeline = _pipeline(sessions, tmp_path, fake_loader)
+    pipeline = make_pipeline(sessions, tmp_path, fake_loader)
     pipeline.run(ids[:3])
     pipeline.server.current().classifier.on_classify = lambda: promote(
         sessions, "v2", tmp_path / "v2"
@@ -169,7 +168,7 @@ def test_a_transient_error_leaves_the_chunk_for_the_retry(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     ids = _images(sessions, tmp_path / "in", [200, 40])
-    pipeline = _pipeline(sessions, tmp_path, fake_loader)
+    pipeline = make_pipeline(sessions, tmp_path, fake_loader)
     lost = sa.exc.OperationalError("COMMIT", {}, ConnectionError("server closed the connection"))
 
     def unreachable(*args: object, **kwargs: object) -> list[int]:
@@ -178,9 +177,9 @@ def test_a_transient_error_leaves_the_chunk_for_the_retry(
     with monkeypatch.context() as patch:
         patch.setattr(worker.inference, "write_predictions", unreachable)
         with pytest.raises(sa.exc.OperationalError):
-            pipeline.run(ids)
+            pipeline.run(ids, token="task-1")
     assert set(statuses(sessions).values()) == {ImageStatus.PROCESSING}  # not failed
-    assert pipeline.run(ids).written == ids
+    assert pipeline.run(ids, token="task-1").written == ids  # the task's retry
     with sessions() as session:
         assert set(session.scalars(sa.select(Image.attempts))) == {2}
 
@@ -192,14 +191,14 @@ def test_an_unexpected_error_fails_the_claimed_images_with_its_reason(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     ids = _images(sessions, tmp_path / "in", [200, 40])
-    (done,) = add_images(sessions, [tmp_path / "done.jpg"], status=ImageStatus.DONE)
+    (done,) = add_files(sessions, [tmp_path / "done.jpg"], status=ImageStatus.DONE)
 
     def full_disk(*args: object, **kwargs: object) -> Path:
         raise RuntimeError("no space left for masks")
 
     monkeypatch.setattr(worker.inference, "save_mask", full_disk)
     with pytest.raises(RuntimeError):
-        _pipeline(sessions, tmp_path, fake_loader).run([*ids, done])
+        make_pipeline(sessions, tmp_path, fake_loader).run([*ids, done])
     reasons = _reasons(sessions)
     for image_id in ids:
         assert reasons[image_id] == ("worker_error", "RuntimeError: no space left for masks")
@@ -209,11 +208,11 @@ def test_an_unexpected_error_fails_the_claimed_images_with_its_reason(
 def test_an_image_that_keeps_killing_workers_is_failed_before_it_is_loaded(
     sessions: sessionmaker[Session], tmp_path: Path, fake_loader: FakeLoader
 ) -> None:
-    (worn,) = add_images(
+    (worn,) = add_files(
         sessions, [write_jpeg(tmp_path / "w.jpg", 90)], status=ImageStatus.PROCESSING, attempts=3
     )
     (fresh,) = _images(sessions, tmp_path / "in", [200])
-    pipeline = _pipeline(sessions, tmp_path, fake_loader)
+    pipeline = make_pipeline(sessions, tmp_path, fake_loader)
     outcome = pipeline.run([worn, fresh])
     assert outcome.written == [fresh]
     assert pipeline.server.current().classifier.batches == [1]
@@ -227,8 +226,8 @@ def test_the_tiny_model_classifies_photographs_and_dicom(
 
     folder = write_dataset(tmp_path / "in", 4, size=96, dicom_fraction=0.5, write_masks=False)
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "manifest.csv")
-    ids = add_images(sessions, files)
-    pipeline = _pipeline(sessions, tmp_path, model_dir=tiny_checkpoint)
+    ids = add_files(sessions, files)
+    pipeline = make_pipeline(sessions, tmp_path, model_dir=tiny_checkpoint)
     assert isinstance(pipeline.server.current().classifier, Classifier)
     outcome = pipeline.run(ids)
     assert outcome.written == ids, outcome.failed

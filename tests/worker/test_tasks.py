@@ -14,9 +14,10 @@ from worker_processes import RedisServer, run_mdf
 from db.lifecycle import ImageStatus
 from db.models import Image
 from mdf.celery_app import CLASSIFY_CHUNK, INFERENCE_QUEUE, create_app
+from mdf.logs import summarise_error
 from mdf.settings import Settings
 from worker.burst import is_idle, queued_messages
-from worker.tasks import MAX_RETRIES, classify_chunk, describe
+from worker.tasks import MAX_RETRIES, classify_chunk
 
 
 def test_only_transient_errors_are_retried_with_bounded_backoff(settings: Settings) -> None:
@@ -35,8 +36,8 @@ def test_a_database_error_is_described_without_its_statement_or_parameters() -> 
     error = sa.exc.OperationalError(
         "UPDATE images SET reason=%(reason)s", {"reason": "/inbox/PATIENT-7/x.jpg"}, OSError("gone")
     )
-    assert describe(error) == "OSError: gone"
-    assert describe(RuntimeError("first line\nsecond")) == "RuntimeError: first line"
+    assert summarise_error(error) == "OperationalError/OSError: gone"
+    assert summarise_error(RuntimeError("first line\nsecond")) == "RuntimeError: first line"
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

@@ -1,8 +1,10 @@
 """What a batch report shows, read with a few aggregate queries.
 
-Labels, probabilities and the least certain images come from each image's latest
-prediction (the study_results view); the per-version figures count every prediction
-made on the batch's images, so a batch classified again by a new version compares both.
+Labels, probabilities and the least certain images come from each image's shown
+prediction (the study_results view: the promoted version's, else the latest); the
+per-version figures count every prediction made on the batch's images, so a batch
+classified again by a new version compares both. Only the thumbnails read a source
+path, from the images table: the page shows the picture, never the path.
 """
 
 from __future__ import annotations
@@ -58,8 +60,8 @@ class BatchFigures:
     created_at: datetime
     files_seen: int
     statuses: dict[str, int]  # every status, zeros included
-    labels: dict[str, int]  # latest predicted label -> images
-    probabilities: list[float]  # of the latest predicted labels
+    labels: dict[str, int]  # shown predicted label -> images
+    probabilities: list[float]  # of the shown predicted labels
     problems: list[Problem]  # rejected and failed images
     versions: list[VersionFigures]
     uncertain: list[Uncertain]  # lowest probability of the predicted label first
@@ -137,9 +139,10 @@ def _least_certain(session: Session, batch_name: str, limit: int) -> list[Uncert
             view.generated_text,
             view.text_agrees,
             view.model_version,
-            view.source_path,
+            Image.source_path,
             view.frame,
         )
+        .join(Image, Image.id == view.image_id)
         .where(view.batch == batch_name, view.probability.is_not(None))
         .order_by(view.probability, view.image_id)
         .limit(limit)

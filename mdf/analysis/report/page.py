@@ -13,6 +13,7 @@ from html import escape
 from pathlib import Path
 from string import Template
 
+from db.stored_path import from_stored
 from mdf.analysis.report import charts
 from mdf.analysis.report.figures import BatchFigures, Uncertain
 from mdf.analysis.report.thumbnails import mask_thumbnail, source_thumbnail
@@ -150,7 +151,7 @@ def _picture(uri: str | None, alt: str, missing: str) -> str:
 
 
 def _uncertain(item: Uncertain) -> str:
-    source = source_thumbnail(Path(item.source_path), item.frame)
+    source = source_thumbnail(from_stored(item.source_path), item.frame)
     pictures = _picture(source, f"image {item.image_id}", "source file unavailable")
     if item.mask_path:
         pictures += _picture(mask_thumbnail(Path(item.mask_path)), "mask", "mask unavailable")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import csv
 import re
+import secrets
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -201,7 +202,10 @@ def test_outputs_name_no_patient(
         patients = {row["patient_id"] for row in csv.DictReader(handle)}
     (inbox / f"{min(patients)}_broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut short")
     settings = Settings(
-        data_dir=tmp_path / "data", database_url=database_url, pseudonym_key="k", intake_processes=1
+        data_dir=tmp_path / "data",
+        database_url=database_url,
+        pseudonym_key=secrets.token_hex(32),
+        intake_processes=1,
     )
     sessions = session_factory(database_url)
     ingest(inbox, settings=settings, sessions=sessions, batch_name="night")

@@ -164,7 +164,7 @@ def test_load_frame_applies_the_probe_policy(corpus_dir: Path, name: str) -> Non
 @pytest.mark.parametrize(
     ("name", "marker", "damage"),
     [
-        ("op_jpeg_baseline.dcm", b"\xff\xd8\xff", b"\x00\x00\x00"),  # JPEG start-of-image
+        ("op_jpeg_baseline.dcm", b"\xff\xc0\x00\x11", b"\xff\xc0\x00\x11\x00"),  # precision 0
         ("fundus.png", b"IDAT", b"IDAT\x00\x00\x00\x00"),  # deflate stream header
     ],
 )

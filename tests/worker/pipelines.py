@@ -1,0 +1,38 @@
+"""The inference pipeline as the worker unit tests build it: small limits, a fake or real
+loader, masks under the test's folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fake_classifier import FakeLoader
+from sqlalchemy.orm import Session, sessionmaker
+
+from worker.inference import Pipeline
+from worker.serving import ModelServer
+
+
+def make_pipeline(
+    sessions: sessionmaker[Session],
+    tmp_path: Path,
+    loader: FakeLoader | None = None,
+    *,
+    worker: str = "w1@host",
+    model_dir: Path | None = None,
+    max_file_bytes: int = 1_000_000,
+) -> Pipeline:
+    server = ModelServer(
+        sessions, model_dir=model_dir or tmp_path / "base", device="cpu", loader=loader
+    )
+    return Pipeline(
+        sessions=sessions,
+        server=server,
+        masks_dir=tmp_path / "masks",
+        max_attempts=3,
+        max_pixels=10_000_000,
+        max_frames=64,
+        max_file_bytes=max_file_bytes,
+        max_new_tokens=4,
+        lease_s=300,
+        worker=worker,
+    )
