@@ -27,11 +27,12 @@ log = structlog.get_logger(__name__)
 def send_chunks(app: Celery, image_ids: Sequence[int], chunk_size: int) -> int:
     """Send ``image_ids`` as classify tasks of ``chunk_size`` images; returns the task count."""
     tasks = 0
-    for start in range(0, len(image_ids), chunk_size):
-        app.send_task(
-            CLASSIFY_CHUNK, kwargs={"image_ids": list(image_ids[start : start + chunk_size])}
-        )
-        tasks += 1
+    # One producer (and broker connection) for the whole night, not one per task.
+    with app.producer_or_acquire() as producer:
+        for start in range(0, len(image_ids), chunk_size):
+            chunk = list(image_ids[start : start + chunk_size])
+            app.send_task(CLASSIFY_CHUNK, kwargs={"image_ids": chunk}, producer=producer)
+            tasks += 1
     return tasks
 
 

@@ -45,7 +45,6 @@ TIFF are turned upright by their EXIF orientation, RGBA/CMYK/palette become RGB.
 
 from __future__ import annotations
 
-import hashlib
 import struct
 import warnings
 from dataclasses import dataclass
@@ -114,7 +113,6 @@ class ProbedFile:
     `patient_id` is the raw identifier: pseudonymise it at once and never log it.
     """
 
-    sha256: str
     kind: str
     images: list[ProbedImage]
     sop_class_uid: str | None = None
@@ -143,13 +141,11 @@ def probe(
     if data is None:
         data = path.read_bytes()
     kind = _sniff(data)
-    sha256 = hashlib.sha256(data).hexdigest()
     if kind != "dicom":
         width, height = _upright_size(_open_raster(data, kind, max_pixels, min_side), kind)
-        return ProbedFile(sha256, kind, images=[ProbedImage(0, width, height)])
+        return ProbedFile(kind, images=[ProbedImage(0, width, height)])
     header = inspect_dicom(data, max_pixels, min_side, max_frames)
     return ProbedFile(
-        sha256,
         kind,
         images=[ProbedImage(i, header.columns, header.rows) for i in range(header.frames)],
         sop_class_uid=header.sop_class_uid,

@@ -3,7 +3,6 @@ right, and real-world DICOM from many vendors ends in a ProbedFile or a Rejectio
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 from pathlib import Path
 
@@ -64,8 +63,6 @@ def test_corpus_is_reproducible(corpus_dir: Path, tmp_path: Path) -> None:
 def test_accepted_file_is_probed(corpus_dir: Path, name: str) -> None:
     path = corpus_dir / name
     probed = probe(path)
-    data = path.read_bytes()
-    assert probed.sha256 == hashlib.sha256(data).hexdigest()
     assert probed.kind == RASTER_KINDS.get(path.suffix, "dicom")
     assert [(i.frame, i.width, i.height) for i in probed.images] == [
         (k, WIDTH, HEIGHT) for k in range(expected_images(EXPECTED[name]))
@@ -134,7 +131,7 @@ def test_exif_orientation_turns_the_jpeg_upright(corpus_dir: Path) -> None:
 def test_probe_reads_given_bytes_instead_of_the_file(corpus_dir: Path, tmp_path: Path) -> None:
     data = (corpus_dir / "op_explicit.dcm").read_bytes()
     probed = probe(tmp_path / "never-written", data=data)
-    assert probed.sha256 == hashlib.sha256(data).hexdigest()
+    assert [(i.width, i.height) for i in probed.images] == [(WIDTH, HEIGHT)]
 
 
 def test_bytes_after_a_whole_jpeg_are_tolerated(corpus_dir: Path) -> None:
