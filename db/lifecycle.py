@@ -22,7 +22,9 @@ as it is, however many deliveries of its chunk are under way.
 - An image started ``max_attempts`` times without finishing is most likely what kills
   its workers: claim and requeue give up on it (``give_up``), so the batch goes on.
 
-Why an image was rejected or failed is a ``ReasonCode``, stored as its string value.
+Why an image was rejected or failed is a ``ReasonCode``, stored as its string value,
+with a reason for people whose quoted passages are withheld: a library's message can
+quote a header value, and a header value can be a patient's name.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from sqlalchemy.orm import Session
 
 from db.models import Image, ImageStatus, utcnow
 from db.reason_codes import ReasonCode
+from mdf.logs import withhold_quoted
 
 __all__ = [
     "CLAIMABLE",
@@ -180,7 +183,7 @@ def rejected(code: ReasonCode, reason: str) -> dict[str, Any]:
     """Column values of a new image intake refused, with its reason."""
     now = utcnow()
     values = _entering(ImageStatus.REJECTED, now)
-    return values | {"registered_at": now, "reason_code": code, "reason": reason}
+    return values | {"registered_at": now, "reason_code": code, "reason": withhold_quoted(reason)}
 
 
 def mark_queued(session: Session, image_ids: Sequence[int]) -> None:
@@ -387,7 +390,7 @@ def mark_failed(session: Session, failures: Mapping[int, Failure], token: str) -
                 "failed_id": image_id,
                 "failed_token": token,
                 "failed_code": f.code,
-                "failed_reason": f.reason,
+                "failed_reason": withhold_quoted(f.reason),
             }
             for image_id, f in sorted(failures.items())
         ],

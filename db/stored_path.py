@@ -36,3 +36,8 @@ def from_stored(text: str) -> Path:
     if text.startswith(URI_PREFIX):
         return Path(os.fsdecode(unquote_to_bytes(urlsplit(text).path)))
     return Path(text)
+
+
+def shown(path: str | Path) -> str:
+    """A path as text that any terminal or file can take: odd bytes as ``\\xe9``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")

@@ -16,7 +16,7 @@ from sqlalchemy import func, make_url, select
 from sqlalchemy.orm import Session
 
 from db.models import Image, ImageStatus, ModelVersion, Prediction
-from db.stored_path import from_stored
+from db.stored_path import from_stored, shown
 from mdf.settings import Settings
 from mdf.terminal import printable
 from scheduler.intake import IngestReport
@@ -122,7 +122,8 @@ def summarise(
 
 def _shown(path: str, root: Path, frame: int) -> str:
     """A file's path under the delivered folder, with its frame when not the first."""
-    shown = from_stored(path)
-    if shown.is_relative_to(root):
-        shown = shown.relative_to(root)
-    return f"{shown} [frame {frame}]" if frame else str(shown)
+    found = from_stored(path)
+    if found.is_relative_to(root):
+        found = found.relative_to(root)
+    text = shown(found)
+    return f"{text} [frame {frame}]" if frame else text

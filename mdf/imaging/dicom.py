@@ -15,7 +15,9 @@ which `max_pixels` bounds. So decoding one frame of a file of S bytes peaks at a
 of its Pixel Data, then the decoder's output and working buffers (measured at about 31
 bytes a pixel for JPEG and JPEG 2000, 24 for JPEG-LS) and the 8-bit rescaling, done in
 place. tests/mdf/imaging/test_decode_bounds.py holds hostile files and maximal accepted
-ones under 2 S + 48 max_pixels.
+ones under 2 S + 48 max_pixels. A deflated data set adds its inflated copy, which may
+reach at most 24 max_pixels bytes (too_large): inflation.py counts it before pydicom
+inflates it.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from pydicom.uid import (
 
 from db.lifecycle import ReasonCode
 from mdf.imaging.codestream import check_codestream, check_frames, extended_offsets
+from mdf.imaging.inflation import INFLATION_PER_PIXEL, check_inflated_size
 from mdf.imaging.rejection import Rejection, check_size
 
 __all__ = [
@@ -104,6 +107,7 @@ def inspect_dicom(data: bytes, max_pixels: int, min_side: int, max_frames: int) 
 
     Every compressed frame's codestream header is checked against the header's size.
     """
+    check_inflated_size(data, INFLATION_PER_PIXEL * max_pixels)
     stream = BytesIO(data)
     try:
         ds = dcmread(stream, force=True, stop_before_pixels=True)

@@ -313,6 +313,20 @@ def test_mark_failed_keeps_each_reason_and_spares_finished_images(
     assert row(sessions, done).reason is None
 
 
+def test_a_reason_that_quotes_a_value_is_stored_without_it(
+    sessions: sessionmaker[Session],
+) -> None:
+    (image,) = add(sessions, ImageStatus.QUEUED)
+    quoting = "DICOM header holds a malformed value (invalid PN value 'DOE^JANE')"
+    with sessions.begin() as session:
+        _held(session, [image])
+        lifecycle.mark_failed(session, {image: Failure(ReasonCode.DECODE_ERROR, quoting)}, TOKEN)
+    assert (
+        row(sessions, image).reason == "DICOM header holds a malformed value (invalid PN value '…')"
+    )
+    assert "DOE^JANE" not in lifecycle.rejected(ReasonCode.DECODE_ERROR, quoting)["reason"]
+
+
 def test_a_late_result_clears_the_failure(sessions: sessionmaker[Session]) -> None:
     (image,) = add(sessions, ImageStatus.PROCESSING, attempts=MAX_ATTEMPTS)
     with sessions.begin() as session:

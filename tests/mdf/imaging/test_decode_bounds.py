@@ -13,6 +13,7 @@ from pathlib import Path
 import jpeg_ls
 import numpy as np
 import openjpeg
+import pydicom
 import pytest
 from corpus import EXPECTED, HOSTILE, build_corpus, fundus_image
 from PIL import Image
@@ -117,3 +118,17 @@ def test_codestream_is_checked_against_the_pixel_cap(corpus_dir: Path) -> None:
     with pytest.raises(Rejection, match="60000x60000") as caught:
         decode_frame(data, max_pixels=10**10)
     assert caught.value.code == "codestream_mismatch"
+
+
+@pytest.mark.slow
+def test_a_deflate_bomb_is_refused_before_it_is_inflated(corpus_dir: Path, tmp_path: Path) -> None:
+    ds = pydicom.dcmread(corpus_dir / "op_deflated.dcm")
+    # Zeros deflate about 1000:1: 40 MB of them inflate past 24 bytes a pixel of 1 MP.
+    ds.add_new(0x00091010, "OB", bytes(40_000_000))
+    ds.private_block(0x0009, "MDF TEST", create=True)
+    bomb = tmp_path / "deflate_bomb.dcm"
+    ds.save_as(bomb, enforce_file_format=True)
+    assert bomb.stat().st_size < 1_000_000
+    outcome, grew = decode_in_subprocess(corpus_dir, bomb)
+    assert outcome == "too_large"
+    assert grew < bound(bomb), grew
