@@ -41,7 +41,9 @@ def _postgres_admin_url() -> str | None:
 
 
 POSTGRES_ADMIN_URL = _postgres_admin_url()
-TEMPLATE_DB = "mdf_test_template"
+# One template per test session: two sessions at once (a developer's and CI's) must not
+# drop each other's.
+TEMPLATE_DB = f"mdf_test_template_{uuid.uuid4().hex[:12]}"
 
 
 def _postgres_admin() -> sa.Engine:
