@@ -1,0 +1,260 @@
+"""Gradability: whether a photograph shows enough retina, well enough, to be graded.
+
+A model's output on a photograph a human grader would reject is noise, so each image is
+assessed before classification: a score in [0, 1], gradable or not, and the reasons.
+
+Method, on a copy downscaled to `working_size` px on the long side (the faults below are
+all visible there, and the cost then no longer grows with the camera's resolution):
+
+1. Field of view. A fundus camera images the retina as a bright, roughly round field on a
+   black surround. Brightness is the largest of R, G, B (the red-orange retina is bright
+   in red even where it is dim in green); the field is the largest connected region above
+   a threshold set between the image's dark and bright levels (so it follows exposure),
+   its holes filled. The circle is fitted from the field's widest row and tallest column,
+   each anchored on its unclipped end when the frame cuts it, so a field pushed out of
+   frame, cut flat at top and bottom by the camera's mask, or covered by an eyelid still
+   gives the eye's circle. Features: the field's share of the frame (`small_field`), the
+   circle centre's offset from the frame centre (`off_centre`), and the share of the field
+   outside the circle (a field that is not round).
+2. No fundus. Nothing bright in view; a field filling the frame with no dark surround, or
+   spilling well outside its circle (a document, a card, a landscape); or a field that is
+   not red-orange (warmth, the median of (R - B) / R, is near 0 for grey and white).
+3. Occlusion. Inside the inner part of the circle (where every camera images retina), the
+   share of pixels far darker than the field's median, overall and in the worst of eight
+   sectors: an eyelid, lashes or a small pupil darken one side or the periphery.
+4. Exposure. The field's median brightness (`too_dark`); the share of the field whose green
+   is clipped and the median green level (`overexposed`): green carries the vessels and
+   lesions, and the red channel of a normal photograph is often saturated anyway.
+5. Focus. Detail that survives is what a grader reads: the energy of the green channel's
+   finest band (the image minus its Gaussian blur at 1 px) over that of the next band
+   (1 to 3 px), measured in four directions and the weakest kept, so blur in one direction
+   (motion) counts too. The ratio is independent of exposure and contrast.
+6. Contrast. The spread of green (5th to 95th percentile) over its mean: haze and a dirty
+   lens lift the floor and flatten the picture, exposure alone does not change the ratio.
+
+Each check maps its feature to a margin q in (0, 1), 0.5 exactly at the threshold, higher
+when better (a logistic in the log ratio of feature to threshold). The score is the worst
+margin: gradable exactly when the score is at least 0.5, i.e. when no check fails.
+Reasons come in the order of `QualityReason` (most fundamental first); `no_fundus` alone
+when there is no fundus, since the other measures then mean nothing.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+__all__ = ["Quality", "QualityReason", "QualityThresholds", "assess"]
+
+
+class QualityReason(enum.StrEnum):
+    """Why a photograph cannot be graded, most fundamental first."""
+
+    NO_FUNDUS = "no_fundus"
+    SMALL_FIELD = "small_field"
+    OFF_CENTRE = "off_centre"
+    OCCLUDED = "occluded"
+    TOO_DARK = "too_dark"
+    OVEREXPOSED = "overexposed"
+    OUT_OF_FOCUS = "out_of_focus"
+    HAZY = "hazy"
+    LOW_CONTRAST = "low_contrast"
+
+
+@dataclass(frozen=True)
+class QualityThresholds:
+    """Limits of a gradable photograph; defaults calibrated on the STARE photographs (all
+    gradable) and their severe degradations (mdf.synthetic.degradations), see bench/."""
+
+    working_size: int = 512  # long side of the copy measured, px
+    min_view: float = 0.06  # 95th-percentile brightness below this: nothing in view
+    max_fill: float = 0.97  # field covering more of the frame: no dark surround
+    max_outside: float = 0.1  # share of the field outside its fitted circle
+    min_warmth: float = 0.25  # median (R - B) / R in the field; grey and white are ~0
+    min_field: float = 0.35  # field's share of the frame (STARE: 0.73)
+    max_offset: float = 0.2  # circle centre from frame centre, share of the short side
+    dark_level: float = 0.4  # "far darker": below this share of the field's median
+    max_dark: float = 0.2  # share of the inner field far darker than its median
+    max_sector_dark: float = 0.4  # the same in the worst of eight sectors
+    min_brightness: float = 0.3  # median brightness (max of R, G, B) in the field
+    max_clipped: float = 0.25  # share of the field with green at or above 0.94
+    max_green: float = 0.75  # median green in the field
+    min_sharpness: float = 0.11  # finest over next band energy, weakest direction
+    min_saturation: float = 0.42  # warmth below this: a whitish veil over the retina
+    max_floor: float = 0.8  # 2nd percentile over median of green: a veil lifts the floor
+    min_contrast: float = 0.33  # (p95 - p5) / mean of green in the field
+    steepness: float = 8.0  # how fast a margin leaves 0.5, per unit of log ratio
+
+
+@dataclass(frozen=True)
+class Quality:
+    """The assessment: `score` in [0, 1], `gradable` iff no reason; `features` by name."""
+
+    score: float
+    gradable: bool
+    reasons: tuple[QualityReason, ...]
+    features: dict[str, float] = field(default_factory=dict)
+
+
+def _working_copy(pixels: np.ndarray, size: int) -> np.ndarray:
+    """Float RGB in 0..1, the long side at most `size` (area-averaged, so noise averages)."""
+    if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
+        raise ValueError(f"expected an HxWx3 uint8 RGB array, got {pixels.shape} {pixels.dtype}")
+    h, w = pixels.shape[:2]
+    scale = size / max(h, w)
+    if scale < 1:
+        small = Image.fromarray(pixels).resize(
+            (max(round(w * scale), 1), max(round(h * scale), 1)), Image.Resampling.BOX
+        )
+        pixels = np.asarray(small)
+    return pixels.astype(np.float32) / 255
+
+
+def _field(bright: np.ndarray) -> np.ndarray:
+    """The largest region above a level between the dark and bright ends, holes filled."""
+    lo, hi = np.percentile(bright, (2, 95))
+    mask = ndimage.binary_opening(bright > lo + 0.15 * (hi - lo), iterations=2)
+    labels, n = ndimage.label(mask)
+    if n == 0:
+        return mask
+    largest = np.argmax(np.bincount(labels.ravel())[1:]) + 1
+    return ndimage.binary_fill_holes(labels == largest)
+
+
+def _circle(mask: np.ndarray) -> tuple[float, float, float]:
+    """Centre (x, y) and radius of the eye's circle from the widest row and tallest column.
+
+    Where the frame cuts a chord at one end only, the centre lies a radius from its other
+    end; the radius is the longer chord's half, which the frame cuts least.
+    """
+    h, w = mask.shape
+    rows, cols = mask.sum(axis=1), mask.sum(axis=0)
+    row, col = int(np.argmax(rows)), int(np.argmax(cols))
+    xs, ys = np.flatnonzero(mask[row]), np.flatnonzero(mask[:, col])
+    r = max(rows[row], cols[col]) / 2
+
+    def centre(first: int, last: int, extent: int) -> float:
+        if first == 0 and last < extent - 1:
+            return last + 1 - r
+        if last == extent - 1 and first > 0:
+            return first + r
+        return (first + last + 1) / 2
+
+    return centre(int(xs[0]), int(xs[-1]), w), centre(int(ys[0]), int(ys[-1]), h), float(r)
+
+
+def _sharpness(green: np.ndarray, inner: np.ndarray) -> float:
+    """Energy of the finest band's steps over the next band's, in the weakest of four
+    directions: blur in any one direction (camera shake) lowers it as defocus does."""
+    blurred = [ndimage.gaussian_filter(green, s) for s in (0.7, 1.5, 6.0)]
+    fine, coarse = blurred[0] - blurred[1], blurred[1] - blurred[2]
+    shifts = ((0, 1), (1, 0), (1, 1), (1, -1))
+    steps = [fine - np.roll(fine, shift, axis=(0, 1)) for shift in shifts]
+    return float(min(np.std(step[inner]) for step in steps) / (np.std(coarse[inner]) + 1e-6))
+
+
+def _features(img: np.ndarray, t: QualityThresholds) -> dict[str, float]:
+    """Every measure of the method, by name (see the module docstring)."""
+    h, w = img.shape[:2]
+    bright = img.max(axis=-1)
+    f: dict[str, float] = {"view": float(np.percentile(bright, 95))}
+    mask = _field(bright)
+    area = int(mask.sum())
+    f["fill"] = area / (h * w)
+    if area < 0.01 * h * w:
+        return f
+    cx, cy, r = _circle(mask)
+    yy, xx = np.ogrid[0:h, 0:w]
+    dist = np.hypot(xx - cx, yy - cy) / r
+    f["outside"] = float((mask & (dist > 1.02)).sum() / area)
+    f["field"] = float((mask & (dist <= 1)).sum() / (h * w))
+    f["offset"] = float(math.hypot(cx - w / 2, cy - h / 2) / min(h, w))
+    red, green, blue = img[..., 0][mask], img[..., 1][mask], img[..., 2][mask]
+    f["warmth"] = float(np.median((red - blue) / (red + 1e-3)))
+    median = float(np.median(bright[mask]))
+    f["brightness"] = median
+    f["clipped"] = float((green >= 0.94).mean())
+    f["green"] = float(np.median(green))
+    p2, p5, p95 = np.percentile(green, (2, 5, 95))
+    f["floor"] = float(p2 / (f["green"] + 1e-3))
+    f["contrast"] = float((p95 - p5) / (green.mean() + 1e-3))
+    inner = dist <= 0.85
+    dark = (bright < t.dark_level * median) & inner
+    f["dark"] = float(dark.sum() / max(inner.sum(), 1))
+    sector = ((np.arctan2(yy - cy, xx - cx) + math.pi) / (2 * math.pi) * 8).astype(int) % 8
+    sector = np.broadcast_to(sector, (h, w))
+    per_sector = np.bincount(sector[dark], minlength=8) / np.maximum(
+        np.bincount(sector[inner], minlength=8), 1
+    )
+    f["sector_dark"] = float(per_sector.max())
+    lit = ndimage.binary_erosion(mask & inner & ~dark, iterations=4)
+    f["sharpness"] = _sharpness(img[..., 1], lit) if lit.sum() > 100 else 0.0
+    return f
+
+
+def _margin(value: float, threshold: float, higher_is_better: bool, steepness: float) -> float:
+    """0.5 at the threshold, towards 1 as `value` moves to the good side of it."""
+    log_ratio = math.log(max(value, 1e-6) / max(threshold, 1e-6))
+    return 1 / (1 + math.exp(-steepness * (log_ratio if higher_is_better else -log_ratio)))
+
+
+def _checks(f: dict[str, float], t: QualityThresholds) -> list[tuple[QualityReason, float]]:
+    """(reason, margin) for every check, in the order of `QualityReason`."""
+    s, r = t.steepness, QualityReason
+    if "warmth" not in f:  # nothing in view, or no field large enough to measure
+        return [(r.NO_FUNDUS, _margin(f["fill"], 0.01, True, s) / 2)]
+    fundus = min(
+        _margin(f["view"], t.min_view, True, s),
+        _margin(f["fill"], t.max_fill, False, s),
+        _margin(f["outside"], t.max_outside, False, s),
+        # an overexposed field is white whatever it shows: its colour says nothing
+        _margin(f["warmth"], t.min_warmth, True, s) if f["green"] <= t.max_green else 1.0,
+    )
+    return [
+        (r.NO_FUNDUS, fundus),
+        (r.SMALL_FIELD, _margin(f["field"], t.min_field, True, s)),
+        (r.OFF_CENTRE, _margin(f["offset"], t.max_offset, False, s)),
+        (
+            r.OCCLUDED,
+            min(
+                _margin(f["dark"], t.max_dark, False, s),
+                _margin(f["sector_dark"], t.max_sector_dark, False, s),
+            ),
+        ),
+        (r.TOO_DARK, _margin(f["brightness"], t.min_brightness, True, s)),
+        (
+            r.OVEREXPOSED,
+            min(
+                _margin(f["clipped"], t.max_clipped, False, s),
+                _margin(f["green"], t.max_green, False, s),
+            ),
+        ),
+        (r.OUT_OF_FOCUS, _margin(f["sharpness"], t.min_sharpness, True, s)),
+        (
+            r.HAZY,
+            min(
+                _margin(f["warmth"], t.min_saturation, True, s),
+                _margin(f["floor"], t.max_floor, False, s),
+            ),
+        ),
+        (r.LOW_CONTRAST, _margin(f["contrast"], t.min_contrast, True, s)),
+    ]
+
+
+def assess(pixels: np.ndarray, thresholds: QualityThresholds | None = None) -> Quality:
+    """Assess one HxWx3 uint8 RGB photograph at its delivered resolution."""
+    t = thresholds or QualityThresholds()
+    features = _features(_working_copy(pixels, t.working_size), t)
+    checks = _checks(features, t)
+    failed = tuple(reason for reason, q in checks if q < 0.5)
+    if QualityReason.NO_FUNDUS in failed:
+        failed = (QualityReason.NO_FUNDUS,)
+    score = min(q for _, q in checks)
+    if failed == (QualityReason.NO_FUNDUS,):
+        score = min(score, checks[0][1])
+    return Quality(round(score, 4), not failed, failed, features)

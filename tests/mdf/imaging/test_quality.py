@@ -1,0 +1,98 @@
+"""Gradability on real photographs: every STARE original passes, severe faults made from
+them fail with the fault's reason, mild ones pass, and photographs of no fundus fail."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mdf.imaging.quality import QualityReason, QualityThresholds, assess
+from mdf.synthetic.degradations import MILD, NOT_FUNDUS, SEVERE
+from mdf.synthetic.fundus import generate_case
+
+STARE = Path(
+    os.environ.get("MDF_STARE_DIR")
+    or Path(__file__).resolve().parents[4] / "shared" / "data" / "stare"
+)
+R = QualityReason
+# The reason each severe fault must give, and the share of photographs it must catch
+# (calibration on all 20: bench/gradability.py).
+EXPECTED: dict[str, tuple[set[QualityReason], float]] = {
+    "defocus": ({R.OUT_OF_FOCUS}, 1.0),
+    "motion_blur": ({R.OUT_OF_FOCUS}, 0.6),
+    "under_exposure": ({R.TOO_DARK}, 1.0),
+    "over_exposure": ({R.OVEREXPOSED, R.NO_FUNDUS}, 1.0),
+    "eyelid": ({R.OCCLUDED}, 0.6),
+    "small_pupil": ({R.SMALL_FIELD}, 1.0),
+    "dirty_lens": ({R.HAZY, R.LOW_CONTRAST}, 1.0),
+    "off_centre": ({R.OFF_CENTRE, R.NO_FUNDUS}, 1.0),
+}
+
+
+@pytest.fixture(scope="module")
+def originals() -> list[np.ndarray]:
+    paths = sorted((STARE / "images").glob("*.png"))
+    if not paths:
+        pytest.skip(f"STARE photographs not found in {STARE} (set MDF_STARE_DIR)")
+    return [np.asarray(Image.open(path).convert("RGB")) for path in paths]
+
+
+def test_every_original_is_gradable(originals: list[np.ndarray]) -> None:
+    results = [assess(image) for image in originals]
+    assert [q.reasons for q in results if not q.gradable] == []
+    assert all(0.5 <= q.score <= 1 for q in results)
+
+
+@pytest.mark.parametrize("fault", sorted(SEVERE))
+def test_severe_fault_is_ungradable_for_its_reason(originals: list[np.ndarray], fault: str) -> None:
+    reasons, share = EXPECTED[fault]
+    results = [
+        assess(SEVERE[fault](im, np.random.default_rng(i))) for i, im in enumerate(originals)
+    ]
+    caught = [q for q in results if not q.gradable]
+    assert len(caught) >= share * len(results), Counter(r for q in results for r in q.reasons)
+    assert all(q.score < 0.5 for q in caught)
+    assert Counter(q.reasons[0] for q in caught).most_common(1)[0][0] in reasons
+    with_reason = [q for q in caught if reasons & set(q.reasons)]
+    assert len(with_reason) >= 0.8 * len(caught), [q.reasons for q in caught]
+
+
+@pytest.mark.parametrize("fault", sorted(MILD))
+def test_mild_fault_stays_gradable(originals: list[np.ndarray], fault: str) -> None:
+    results = [assess(MILD[fault](im, np.random.default_rng(i))) for i, im in enumerate(originals)]
+    assert sum(not q.gradable for q in results) <= 0.1 * len(results)
+
+
+@pytest.mark.parametrize("kind", sorted(NOT_FUNDUS))
+def test_not_a_fundus(kind: str) -> None:
+    for seed in range(3):
+        quality = assess(NOT_FUNDUS[kind]((605, 700), np.random.default_rng(seed)))
+        assert quality.reasons == (R.NO_FUNDUS,)
+        assert not quality.gradable and quality.score < 0.5
+
+
+def test_thresholds_are_configurable(originals: list[np.ndarray]) -> None:
+    image = originals[0]
+    sharpness = assess(image).features["sharpness"]
+    strict = replace(QualityThresholds(), min_sharpness=sharpness * 1.2)
+    quality = assess(image, strict)
+    assert not quality.gradable and quality.reasons == (R.OUT_OF_FOCUS,)
+
+
+def test_synthetic_fundus_is_gradable_and_a_black_frame_is_not() -> None:
+    for seed in range(4):
+        quality = assess(generate_case(seed, size=512, with_text=False).image)
+        assert quality.gradable, (quality.reasons, quality.features)
+    black = assess(np.zeros((605, 700, 3), np.uint8))
+    assert black.reasons == (R.NO_FUNDUS,) and not black.gradable
+
+
+def test_rejects_anything_but_rgb_uint8() -> None:
+    with pytest.raises(ValueError, match="HxWx3 uint8"):
+        assess(np.zeros((64, 64), np.uint8))
