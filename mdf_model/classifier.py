@@ -3,8 +3,9 @@
 Every study gets a label and a probability from label scoring, even when the generated text
 names no label (the paper's "None" failure): one batched, teacher-forced forward pass scores
 the answer continuation of every label for every image, and the scores are normalised over the
-labels. The generated text (the paper's way) comes from one batched ``generate()`` call and is
-kept beside it with the label it names and whether the two agree.
+labels. Each image's prompt runs once in that pass, its label answers packed behind it. The
+generated text (the paper's way) comes from one batched ``generate()`` call and is kept beside
+it with the label it names and whether the two agree.
 """
 
 from __future__ import annotations
@@ -86,12 +87,15 @@ class Classifier:
         """The token ids of each label's answer, in label order (what scoring scores)."""
         return [list(ids) for ids in self._answers]
 
-    def _collate(self, batch: Sequence[PreparedInput], answers: list | None) -> ModelInputs:
+    def _collate(
+        self, batch: Sequence[PreparedInput], answers: list | None, *, packed: bool = False
+    ) -> ModelInputs:
         return collate(
             batch,
             answers,
             pad_token_id=self._pad_token_id,
             image_token_id=self.processor.image_token_id,
+            packed=packed,
         ).to(self.model.device)
 
     def prepare(
@@ -115,8 +119,15 @@ class Classifier:
         )
 
     def scoring_inputs(self, batch: Sequence[PreparedInput]) -> ModelInputs:
-        """One row per (image, label), each prompt followed by that label's answer."""
+        """One ordinary causal row per (image, label), each prompt followed by that label's
+        answer: the reference layout of label scoring, which runs the prompt once per label."""
         return self._collate(batch, [self._answers] * len(batch))
+
+    def packed_scoring_inputs(self, batch: Sequence[PreparedInput]) -> ModelInputs:
+        """The same scores with the prompt run once: one row per image, its prompt followed by
+        every label's answer, each answer seeing the prompt and itself only (what
+        ``classify_prepared`` scores)."""
+        return self._collate(batch, [self._answers] * len(batch), packed=True)
 
     def generation_inputs(self, batch: Sequence[PreparedInput]) -> ModelInputs:
         return self._collate(batch, None)
@@ -148,7 +159,9 @@ class Classifier:
             return []
         labels = self.labels
         with torch.inference_mode(), _evaluating(self.model):
-            scores, seg_logits = self.model.score(self.scoring_inputs(batch), segment=segment)
+            scores, seg_logits = self.model.score(
+                self.packed_scoring_inputs(batch), segment=segment
+            )
             probabilities = torch.softmax(scores.view(len(batch), len(labels)), dim=-1).cpu()
             texts = [""] * len(batch)
             if generate_text:

@@ -3,7 +3,9 @@
 `prepare_input` does the per-study CPU work once (validation, the processor's tiles, the U-Net
 image, the prompt tokens), so a worker can prepare studies as they arrive and batch them later.
 `collate` lays a batch out as text rows grouped by image: one row per image for generation and
-training, one row per (image, label) for label scoring. Rows are left-padded, the layout
+training; for label scoring either one row per (image, label), or one packed row per image (the
+prompt once, then every label's answer, each answer attending to the prompt and to itself only,
+from the positions it would have after the prompt). Rows are left-padded, the layout
 ``generate()`` needs; the cross-attention mask opens at each row's ``<|image|>`` token, as
 MllamaProcessor does, so padding and any text before the image see no image.
 """
@@ -55,7 +57,10 @@ class ModelInputs:
 
     Text side (rows, L): ``input_ids``, ``attention_mask``, ``position_ids``, ``prompt_mask``
     (True on prompt tokens, for FiLM pooling), ``lm_labels`` (answer tokens, IGNORE_INDEX
-    elsewhere; None when there is no answer), ``cross_attention_mask`` (rows, L, 1, tiles).
+    elsewhere; None when there is no answer), ``answer_segments`` (k on the tokens of the row's
+    k-th answer, from 1; 0 elsewhere; None when there is no answer), ``packed_mask`` (rows, L, L)
+    True where a token may attend (None: causal over ``attention_mask``; set when rows pack
+    several answers), ``cross_attention_mask`` (rows, L, 1, tiles).
     Image side: ``pixel_values`` (images, 1, tiles, 3, H, W), ``aspect_ratio_ids`` (images, 1),
     ``aspect_ratio_mask`` (images, 1, tiles), ``unet_pixels`` (images, 3, N, N) or None,
     ``seg_targets`` (images, C, N, N) and ``seg_valid`` (images, C) or None.
@@ -66,6 +71,8 @@ class ModelInputs:
     position_ids: torch.Tensor
     prompt_mask: torch.Tensor
     lm_labels: torch.Tensor | None
+    answer_segments: torch.Tensor | None
+    packed_mask: torch.Tensor | None
     cross_attention_mask: torch.Tensor
     pixel_values: torch.Tensor
     aspect_ratio_ids: torch.Tensor
@@ -201,45 +208,88 @@ def _stack_seg_targets(
     return torch.stack(targets), torch.stack(valid)
 
 
+@dataclass
+class _Row:
+    """One text row before padding."""
+
+    ids: list[int]
+    labels: list[int]
+    segments: list[int]
+    positions: list[int]
+    prompt_length: int
+    tiles: int
+
+
+def _row(item: PreparedInput, answers: Sequence[Sequence[int]]) -> _Row:
+    """The prompt, then ``answers`` one after another, each from the position after the prompt
+    and numbered from 1 in ``segments``."""
+    prompt = item.prompt_ids.tolist()
+    row = _Row(
+        ids=list(prompt),
+        labels=[IGNORE_INDEX] * len(prompt),
+        segments=[0] * len(prompt),
+        positions=list(range(len(prompt))),
+        prompt_length=len(prompt),
+        tiles=int(item.aspect_ratio_mask.sum()),
+    )
+    for segment, answer in enumerate(answers, start=1):
+        row.ids += answer
+        row.labels += answer
+        row.segments += [segment] * len(answer)
+        row.positions += range(len(prompt), len(prompt) + len(answer))
+    return row
+
+
+def _packed_mask(segments: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Causal attention over real tokens, where an answer sees the prompt and itself only.
+    Padding sees itself, so that no softmax row is empty (an empty one would give NaN)."""
+    length = segments.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool).tril()
+    same_answer = (segments[:, None, :] == 0) | (segments[:, None, :] == segments[:, :, None])
+    visible = causal & same_answer & attention_mask.bool()[:, None, :]
+    return visible | torch.eye(length, dtype=torch.bool)
+
+
 def collate(
     batch: Sequence[PreparedInput],
     answers: Sequence[Sequence[Sequence[int]]] | None,
     *,
     pad_token_id: int,
     image_token_id: int,
+    packed: bool = False,
 ) -> ModelInputs:
-    """Lay out a batch. ``answers[i]`` lists the answer token ids appended to image i's prompt,
-    one row each (the same number for every image); None gives one prompt-only row per image."""
+    """Lay out a batch. ``answers[i]`` lists the answer token ids appended to image i's prompt
+    (the same number for every image): one row each, or with ``packed`` all in image i's one
+    row. None gives one prompt-only row per image."""
     if not batch:
         raise ValueError("empty batch")
     per_image = [[[]] for _ in batch] if answers is None else [list(a) for a in answers]
     if len(per_image) != len(batch) or len({len(a) for a in per_image}) != 1:
         raise ValueError("answers must give the same number of rows for every image")
+    rows = [
+        _row(item, row_answers)
+        for item, item_answers in zip(batch, per_image, strict=True)
+        for row_answers in ([item_answers] if packed else [[a] for a in item_answers])
+    ]
 
-    rows: list[tuple[list[int], list[int], int, int]] = []  # ids, labels, prompt length, tiles
-    for item, item_answers in zip(batch, per_image, strict=True):
-        prompt = item.prompt_ids.tolist()
-        tiles = int(item.aspect_ratio_mask.sum())
-        for answer in item_answers:
-            labels = [IGNORE_INDEX] * len(prompt) + list(answer)
-            rows.append((prompt + list(answer), labels, len(prompt), tiles))
-
-    length = max(len(ids) for ids, _, _, _ in rows)
-    max_tiles = batch[0].aspect_ratio_mask.shape[-1]
-    input_ids = torch.full((len(rows), length), pad_token_id, dtype=torch.long)
-    lm_labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
-    prompt_mask = torch.zeros((len(rows), length), dtype=torch.bool)
-    cross_attention_mask = torch.zeros((len(rows), length, 1, max_tiles), dtype=torch.long)
-    for row, (ids, labels, prompt_length, tiles) in enumerate(rows):
-        pad = length - len(ids)
-        input_ids[row, pad:] = torch.tensor(ids)
-        lm_labels[row, pad:] = torch.tensor(labels)
-        attention_mask[row, pad:] = 1
-        prompt_mask[row, pad : pad + prompt_length] = True
-        image_position = pad + ids.index(image_token_id)
-        cross_attention_mask[row, image_position:, 0, :tiles] = 1
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    shape = (len(rows), max(len(row.ids) for row in rows))
+    input_ids = torch.full(shape, pad_token_id, dtype=torch.long)
+    lm_labels = torch.full(shape, IGNORE_INDEX, dtype=torch.long)
+    answer_segments = torch.zeros(shape, dtype=torch.long)
+    position_ids = torch.zeros(shape, dtype=torch.long)
+    attention_mask = torch.zeros(shape, dtype=torch.long)
+    prompt_mask = torch.zeros(shape, dtype=torch.bool)
+    tiles = batch[0].aspect_ratio_mask.shape[-1]
+    cross_attention_mask = torch.zeros((*shape, 1, tiles), dtype=torch.long)
+    for i, row in enumerate(rows):
+        pad = shape[1] - len(row.ids)
+        input_ids[i, pad:] = torch.tensor(row.ids)
+        lm_labels[i, pad:] = torch.tensor(row.labels)
+        answer_segments[i, pad:] = torch.tensor(row.segments)
+        position_ids[i, pad:] = torch.tensor(row.positions)
+        attention_mask[i, pad:] = 1
+        prompt_mask[i, pad : pad + row.prompt_length] = True
+        cross_attention_mask[i, pad + row.ids.index(image_token_id) :, 0, : row.tiles] = 1
     seg_targets, seg_valid = _stack_seg_targets(batch)
 
     return ModelInputs(
@@ -248,6 +298,8 @@ def collate(
         position_ids=position_ids,
         prompt_mask=prompt_mask,
         lm_labels=None if answers is None else lm_labels,
+        answer_segments=None if answers is None else answer_segments,
+        packed_mask=_packed_mask(answer_segments, attention_mask) if packed else None,
         cross_attention_mask=cross_attention_mask,
         pixel_values=torch.stack([item.pixel_values for item in batch]),
         aspect_ratio_ids=torch.stack([item.aspect_ratio_ids for item in batch]),

@@ -10,6 +10,9 @@ Data flow of one forward pass (``rows`` text rows over ``images`` images)::
               -> pooled prompt state -> FiLM(skips) -> U-Net decoder -> seg logits
 
 The vision tower and the U-Net run once per image; their outputs are shared by the image's rows.
+Label scoring packs an image's prompt and all its label answers into one row (see
+`mdf_model.inputs.collate`), so the prompt, the image's cross-attention keys and values and the
+fusion's U-Net keys and values are computed once per image too.
 """
 
 from __future__ import annotations
@@ -239,6 +242,15 @@ class MDFModel(nn.Module):
     def _fused(self, tokens: torch.Tensor | None) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext() if tokens is None else self.fusion.using(tokens)
 
+    def _attention_mask(self, inputs: ModelInputs) -> torch.Tensor:
+        """The 2D padding mask, or a packed layout's own mask in the additive 4D form that
+        transformers passes through unchanged and every attention implementation reads."""
+        if inputs.packed_mask is None:
+            return inputs.attention_mask
+        dtype = self.base.dtype
+        additive = torch.zeros(inputs.packed_mask.shape, dtype=dtype, device=self.device)
+        return additive.masked_fill(~inputs.packed_mask, torch.finfo(dtype).min)[:, None]
+
     def _run(
         self, inputs: ModelInputs, *, segment: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -252,7 +264,7 @@ class MDFModel(nn.Module):
         with self._fused(tokens):
             hidden = self.base.model(
                 input_ids=inputs.input_ids,
-                attention_mask=inputs.attention_mask,
+                attention_mask=self._attention_mask(inputs),
                 position_ids=inputs.position_ids,
                 cross_attention_states=image_states,
                 cross_attention_mask=inputs.cross_attention_mask,
@@ -300,20 +312,32 @@ class MDFModel(nn.Module):
     def score(
         self, inputs: ModelInputs, *, segment: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Log-probability of each row's answer tokens (rows,), from one forward pass, and the
-        segmentation logits (None with ``segment=False``, which skips FiLM, the U-Net decoder
-        and its bottleneck stage; the scores are the same). Only answer positions go through
-        lm_head, so scoring many labels does not materialise a (rows, L, vocab) tensor."""
-        if inputs.lm_labels is None:
+        """Log-probability of every answer, (rows * answers per row,) in row then answer order,
+        from one forward pass, and the segmentation logits (None with ``segment=False``, which
+        skips FiLM, the U-Net decoder and its bottleneck stage; the scores are the same).
+
+        An answer's first token is predicted from the last prompt token, each later one from
+        the token before it: in a packed row several answers share that prompt token. Only
+        those positions go through lm_head, each once, so scoring many labels does not
+        materialise a (rows, L, vocab) tensor."""
+        if inputs.lm_labels is None or inputs.answer_segments is None:
             raise ValueError("score() needs rows with answers (lm_labels)")
         hidden, seg_logits = self._run(inputs, segment=segment)
-        targets = inputs.lm_labels[:, 1:]
-        selected = targets != IGNORE_INDEX
-        log_probs = torch.log_softmax(self.base.lm_head(hidden[:, :-1][selected]).float(), -1)
-        token_scores = log_probs.gather(-1, targets[selected][:, None])[:, 0]
-        rows = selected.nonzero()[:, 0]
-        scores = torch.zeros(targets.shape[0], device=token_scores.device)
-        return scores.index_add(0, rows, token_scores), seg_logits
+        segments = inputs.answer_segments
+        row, position = (inputs.lm_labels != IGNORE_INDEX).nonzero(as_tuple=True)
+        segment_of = segments[row, position]
+        length = segments.shape[1]
+        last_prompt = length - 1 - inputs.prompt_mask.flip(-1).int().argmax(-1)
+        first = segment_of != segments[row, position - 1]
+        source = torch.where(first, last_prompt[row], position - 1)
+        predictors, index = torch.unique(row * length + source, return_inverse=True)
+        log_probs = torch.log_softmax(
+            self.base.lm_head(hidden.flatten(0, 1)[predictors]).float(), -1
+        )
+        token_scores = log_probs[index, inputs.lm_labels[row, position]]
+        answers = int(segments.amax())
+        scores = torch.zeros(segments.shape[0] * answers, device=token_scores.device)
+        return scores.index_add(0, row * answers + segment_of - 1, token_scores), seg_logits
 
     @torch.no_grad()
     def generate(self, inputs: ModelInputs, *, max_new_tokens: int = 16, **kwargs: Any) -> Any:
