@@ -3,10 +3,10 @@
 Every entry of the folder ends as an ``images`` row: ``registered`` (one row per
 frame) or ``rejected`` with a specific reason, whatever the entry is (see
 ``scheduler.walk``: special files, links, unreadable folders, oversized files) and
-whatever its name's encoding (``scheduler.stored_path``). A manifest that cannot be
+whatever its name's encoding (``db.stored_path``). A manifest that cannot be
 read is one rejection while its folder's files are still registered; a bad manifest
 row is rejected alone (``scheduler.manifest``). No text reaches the database before
-its column width is checked (``scheduler.columns``): one bad value never fails a
+its column width is checked (``db.columns``): one bad value never fails a
 chunk, so it never stops a night nor every rerun of it.
 
 Registration is idempotent and safe to run twice at once (``scheduler.registrar``).
@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.columns import first_problem, width
 from db.lifecycle import ReasonCode
 from db.models import Batch, Image, ImagePath
-from db.stored_path import is_utf8, to_stored
+from db.stored_path import shown, to_stored
 from db.upsert import insert_new
 from mdf.errors import CommandError
 from mdf.imaging import ProbedFile, Rejection, probe
@@ -62,9 +62,7 @@ class Limits:
 def default_batch_name(folder: Path) -> str:
     """The folder's name and the day, cut to fit the batches.name column."""
     day = f"-{datetime.now(UTC):%Y-%m-%d}"
-    name = folder.resolve().name
-    if not is_utf8(name):
-        name = to_stored(name).removeprefix("file://")
+    name = shown(folder.resolve().name)
     return name[: (width(Batch, "name") or len(name)) - len(day)] + day
 
 
@@ -182,6 +180,7 @@ def ingest(
     name = batch_name or default_batch_name(folder)
     if (problem := first_problem(Batch, {"name": name}, nul=ReasonCode.BAD_MANIFEST)) is not None:
         raise CommandError(f"batch {problem[1]}")
+    key = settings.resolved_pseudonym_key()  # refused before anything is written
     entries = list(walk(folder, settings.max_file_bytes))
     manifests, refused = _read_manifests(
         [e for e in entries if e.manifest], folder, settings.max_file_bytes
@@ -200,7 +199,6 @@ def ingest(
                 report.unchanged += 1
             else:
                 todo.append(entry)
-        key = settings.resolved_pseudonym_key()
         with examining(todo, settings) as examined:
             chunks = itertools.chain(refused, examined)
             while chunk := list(itertools.islice(chunks, WRITE_CHUNK)):

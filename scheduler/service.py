@@ -32,7 +32,6 @@ class Scheduler:
         return self._app
 
     def ingest(self, folder: Path, batch_name: str | None = None) -> tuple[IngestReport, int]:
-        self.settings.resolved_pseudonym_key()  # refused before the batch row is written
         report = ingest(
             folder, settings=self.settings, sessions=self.sessions, batch_name=batch_name
         )

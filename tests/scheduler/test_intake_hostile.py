@@ -27,7 +27,7 @@ from db.session import make_engine, session_factory
 from db.stored_path import from_stored
 from mdf.imaging.dicom_writer import write_dicom_op
 from mdf.settings import Settings
-from scheduler.intake import IngestReport, ingest
+from scheduler.intake import IngestReport, default_batch_name, ingest
 from scheduler.pseudonym import pseudonymise
 
 COLUMNS = ["file", "patient_id", "study_id", "laterality", "clinical_text", "label", "source"]
@@ -373,3 +373,11 @@ def test_two_intakes_of_one_folder_at_once(settings: Settings, inbox: Path) -> N
     assert len(paths(settings)) == len(set(paths(settings))) == 82
     with session_factory(settings.resolved_database_url)() as session:
         assert len(session.scalars(select(Study)).all()) == 1
+
+
+def test_a_folder_whose_name_is_not_utf8_names_its_batch_escaped(tmp_path: Path) -> None:
+    folder = Path(os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9"))
+    folder.mkdir()
+    name = default_batch_name(folder)
+    assert name.startswith("caf\\xe9-")
+    name.encode("utf-8")  # a batches.name value the database takes
