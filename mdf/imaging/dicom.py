@@ -102,10 +102,13 @@ class DicomHeader:
     clinical_text: str | None
 
 
-def inspect_dicom(data: bytes, max_pixels: int, min_side: int, max_frames: int) -> DicomHeader:
+def inspect_dicom(
+    data: bytes, max_pixels: int, min_side: int, max_frames: int, *, every_frame: bool = True
+) -> DicomHeader:
     """Parse the header of the DICOM file `data`, apply the policy, check pixel completeness.
 
-    Every compressed frame's codestream header is checked against the header's size.
+    With `every_frame`, every compressed frame's codestream header is checked against the
+    header's size; a caller that decodes one frame checks that frame's bytes instead.
     """
     check_inflated_size(data, INFLATION_PER_PIXEL * max_pixels)
     stream = BytesIO(data)
@@ -127,7 +130,7 @@ def inspect_dicom(data: bytes, max_pixels: int, min_side: int, max_frames: int) 
                 ReasonCode.TOO_MANY_FRAMES,
                 f"DICOM image claims {header.frames:,} frames; at most {max_frames} are read",
             )
-        _check_pixel_data(header, body, offset, max_pixels)
+        _check_pixel_data(header, body, offset, max_pixels, every_frame)
     except Rejection:
         raise
     except Exception as exc:  # pydicom converts values lazily: a malformed one raises here.
@@ -144,7 +147,7 @@ def decode_dicom_frame(data: bytes, frame: int, max_pixels: int, max_frames: int
     as for JPEG baseline YBR_FULL_422, are recognised). More than 8 bits stored are
     rescaled to 0..255.
     """
-    header = inspect_dicom(data, max_pixels, 1, max_frames)
+    header = inspect_dicom(data, max_pixels, 1, max_frames, every_frame=False)
     if not 0 <= frame < header.frames:
         raise Rejection(
             ReasonCode.DECODE_ERROR,
@@ -293,8 +296,11 @@ def _transfer_syntax(ds: Dataset) -> UID:
     return ExplicitVRLittleEndian if little else ExplicitVRBigEndian
 
 
-def _check_pixel_data(header: DicomHeader, body: bytes, offset: int, max_pixels: int) -> None:
-    """Check the Pixel Data element at `offset` holds every frame the header promises."""
+def _check_pixel_data(
+    header: DicomHeader, body: bytes, offset: int, max_pixels: int, every_frame: bool
+) -> None:
+    """Check the Pixel Data element at `offset` holds every frame the header promises, and
+    with `every_frame` that each codestream states the header's size."""
     endian = _endian(header)
     if struct.unpack_from(f"{endian}HH", body, offset) != (0x7FE0, 0x0010):
         raise Rejection(ReasonCode.UNSUPPORTED_FORMAT, "DICOM holds float pixel data, not an image")
@@ -334,7 +340,7 @@ def _check_pixel_data(header: DicomHeader, body: bytes, offset: int, max_pixels:
             f"Basic Offset Table lists {table_entries} frame(s), "
             f"Number of Frames says {header.frames}",
         )
-    if _has_codestreams(header):
+    if every_frame and _has_codestreams(header):
         stream = BytesIO(body)  # shares `body`'s memory until written to
         stream.seek(start)
         extended = extended_offsets(header.ds)
