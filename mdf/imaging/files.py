@@ -55,20 +55,12 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from db.lifecycle import ReasonCode
-from mdf.imaging.dicom import (
-    ACCEPTED_MODALITIES,
-    ACCEPTED_SOP_CLASSES,
-    decode_dicom_frame,
-    inspect_dicom,
-)
+from mdf.imaging.dicom import decode_dicom_frame, inspect_dicom
 from mdf.imaging.rejection import Rejection, check_size
 
 __all__ = [
-    "ACCEPTED_MODALITIES",
-    "ACCEPTED_SOP_CLASSES",
     "ProbedFile",
     "ProbedImage",
-    "Rejection",
     "decode_frame",
     "load_frame",
     "probe",

@@ -255,6 +255,4 @@ def assess(pixels: np.ndarray, thresholds: QualityThresholds | None = None) -> Q
     if QualityReason.NO_FUNDUS in failed:
         failed = (QualityReason.NO_FUNDUS,)
     score = min(q for _, q in checks)
-    if failed == (QualityReason.NO_FUNDUS,):
-        score = min(score, checks[0][1])
     return Quality(round(score, 4), not failed, failed, features)

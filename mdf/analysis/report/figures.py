@@ -15,6 +15,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from db.lifecycle import status_counts
 from db.models import Batch, Image, ImageStatus, ModelVersion, Prediction
 from mdf.analysis.export import STUDY_RESULTS, as_utc
 
@@ -77,11 +78,6 @@ def batch_figures(session: Session, batch_name: str, *, uncertain: int = 12) -> 
         raise UnknownBatch(f"no batch is named {batch_name!r}")
     view = STUDY_RESULTS.c
     in_batch = view.batch == batch_name
-    counts = dict(
-        session.execute(
-            sa.select(view.status, sa.func.count()).where(in_batch).group_by(view.status)
-        ).all()
-    )
     labels = session.execute(
         sa.select(view.label, sa.func.count())
         .where(in_batch, view.label.is_not(None))
@@ -100,7 +96,7 @@ def batch_figures(session: Session, batch_name: str, *, uncertain: int = 12) -> 
         batch=batch.name,
         created_at=as_utc(batch.created_at),
         files_seen=batch.files_seen,
-        statuses={status.value: counts.get(status.value, 0) for status in ImageStatus},
+        statuses=status_counts(session, batch.id),
         labels=dict(labels),
         probabilities=list(probabilities),
         problems=[Problem(*row) for row in problems],
