@@ -32,4 +32,4 @@ IDENTIFYING: tuple[InstrumentedAttribute[str | None], ...] = (
 IDENTIFYING_NAMES = frozenset(column.key for column in IDENTIFYING)
 
 #: What the analyst role may read (``mdf db upgrade`` grants it): none of the above.
-ANALYST_VIEWS = ("study_results", "study_rollup")
+ANALYST_VIEWS = ("study_results", "study_rollup", "screening_outcomes")

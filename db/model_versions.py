@@ -32,8 +32,12 @@ def register_version(
     name: str | None = None,
     preset: str | None = None,
     metrics: dict[str, Any] | None = None,
+    referral: dict[str, Any] | None = None,
 ) -> ModelVersion:
-    """The version row of a checkpoint, created on first sight (safe against a racing twin)."""
+    """The version row of a checkpoint, created on first sight (safe against a racing twin).
+
+    ``referral`` holds the per-label referral thresholds training chose (``ModelVersion``).
+    """
     by_hash = select(ModelVersion).where(ModelVersion.manifest_sha256 == manifest_sha256)
     version = session.scalar(by_hash)
     if version is not None:
@@ -47,6 +51,7 @@ def register_version(
                 labels=list(labels),
                 preset=preset,
                 metrics=metrics,
+                referral=referral,
             )
             session.add(version)
     except IntegrityError:

@@ -4,7 +4,8 @@ Tables follow the life of a photograph: a ``Batch`` (one night's delivery) holds
 ``Image`` rows (one per file, or per frame of a multi-frame DICOM) grouped in
 ``Study`` rows; each image gets ``Prediction`` rows, one per ``ModelVersion``.
 ``TrainingRun`` and ``Promotion`` record how model versions were made and chosen.
-Analysts read the ``study_results`` view (see the first migration).
+Analysts read the ``study_results``, ``study_rollup`` and ``screening_outcomes`` views
+(see the migrations).
 """
 
 from __future__ import annotations
@@ -175,6 +176,9 @@ class ModelVersion(Base):
     preset: Mapped[str | None] = mapped_column(String(64))
     labels: Mapped[list[Any]] = mapped_column(default=list)
     metrics: Mapped[dict[str, Any] | None]
+    # Referral thresholds chosen in training: {"target_sensitivity": 0.9, "labels": {label:
+    # {"threshold", "sensitivity", "specificity", "positives", "negatives"}}}; NULL: none.
+    referral: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     promoted_at: Mapped[datetime | None]
     is_promoted: Mapped[bool] = mapped_column(default=False)
@@ -198,6 +202,15 @@ class Prediction(Base):
     text_label: Mapped[str | None] = mapped_column(String(64))
     text_agrees: Mapped[bool]
     mask_path: Mapped[str | None] = mapped_column(Text)
+    # The image's gradability (mdf.imaging.quality); NULL for predictions made before it
+    # was assessed. quality_reason: comma-separated QualityReason values, NULL if gradable.
+    gradable: Mapped[bool | None]
+    quality_score: Mapped[float | None]
+    quality_reason: Mapped[str | None] = mapped_column(Text)
+    # Whether a referable label reached its threshold: NULL when ungradable or when the
+    # model has no referable label; referral_probability, the highest such label's.
+    referable: Mapped[bool | None]
+    referral_probability: Mapped[float | None]
     preprocess_ms: Mapped[float | None]
     inference_ms: Mapped[float | None]
     worker: Mapped[str | None] = mapped_column(String(200))

@@ -1,5 +1,6 @@
 """The analysts' views on both engines: study_rollup over a constructed night, the
-prediction each image shows, no identifying column, migrations."""
+prediction each image shows, no identifying column, migrations (screening_outcomes'
+decisions: test_screening_outcomes)."""
 
 from __future__ import annotations
 
@@ -73,16 +74,24 @@ def _columns(url: str) -> dict[str, list[str]]:
     engine = make_engine(url)
     with engine.connect() as connection:
         inspector = sa.inspect(connection)
-        views = {v: [c["name"] for c in inspector.get_columns(v)] for v in ANALYST_VIEWS}
+        present = set(inspector.get_view_names())  # an older revision has fewer
+        views = {
+            v: [c["name"] for c in inspector.get_columns(v)] for v in ANALYST_VIEWS if v in present
+        }
     engine.dispose()
     return views
 
 
-def test_views_carry_no_identifying_column(database_url: str) -> None:
-    """Neither a column of ``db.identifying`` nor the study key under another name."""
+def test_views_carry_no_identifying_column(database_url: str, tmp_path: Path) -> None:
+    """Neither a column of ``db.identifying`` nor the study key under another name:
+    screening_outcomes' ``study`` is the study's id."""
     for view, columns in _columns(database_url).items():
-        assert not set(columns) & (IDENTIFYING_NAMES | {"study"}), view
-        assert "study_id" in columns
+        assert not set(columns) & IDENTIFYING_NAMES, view
+        assert ("study" in columns) == (view == "screening_outcomes"), view
+        assert ("study_id" in columns) == (view != "screening_outcomes"), view
+    add_nights(session_factory(database_url), tmp_path)
+    studies = {row.study for row in _query(database_url, "SELECT study FROM screening_outcomes")}
+    assert studies == {row.id for row in _query(database_url, "SELECT id FROM studies")}
 
 
 SHOWN = sa.text(
@@ -151,6 +160,18 @@ def test_migrations_downgrade_and_upgrade(database_url: str, tmp_path: Path) -> 
     command.upgrade(config, "head")
     assert len(_rollup(database_url)) == 4
     assert "source_path" not in _columns(database_url)["study_results"]
+    command.downgrade(config, "0004")
+    engine = make_engine(database_url)
+    with engine.connect() as connection:
+        assert sorted(sa.inspect(connection).get_view_names()) == ["study_results", "study_rollup"]
+        columns = connection.execute(sa.text("SELECT * FROM study_results")).keys()
+        assert "gradable" not in columns and "label" in columns
+        predictions = sa.inspect(connection).get_columns("predictions")
+        assert "gradable" not in {column["name"] for column in predictions}
+    engine.dispose()
+    assert len(_rollup(database_url)) == 4
+    command.upgrade(config, "head")
+    assert len(_query(database_url, "SELECT * FROM screening_outcomes")) == 4
 
 
 def test_postgresql_documents_the_views(database_url: str) -> None:
@@ -163,15 +184,23 @@ def test_postgresql_documents_the_views(database_url: str) -> None:
                 sa.text(
                     "SELECT c.relname || '.' || a.attname, col_description(c.oid, a.attnum) "
                     "FROM pg_class AS c JOIN pg_attribute AS a ON a.attrelid = c.oid "
-                    "WHERE c.relname IN ('study_results', 'study_rollup') AND a.attnum > 0"
+                    "WHERE c.relname IN ('study_results', 'study_rollup', 'screening_outcomes') "
+                    "AND a.attnum > 0"
                 )
             ).all()
         )
         view = connection.scalar(sa.text("SELECT obj_description('study_rollup'::regclass)"))
         results = connection.scalar(sa.text("SELECT obj_description('study_results'::regclass)"))
+        outcomes = connection.scalar(
+            sa.text("SELECT obj_description('screening_outcomes'::regclass)")
+        )
     engine.dispose()
     assert all(comments.values()), [name for name, text in comments.items() if not text]
-    assert len(comments) == 19 + 16
+    assert len(comments) == 24 + 16 + 11
     assert "the promoted model version's prediction" in results  # quote escaped
+    assert "NULL for an ungradable image" in results
     assert "promoted one" in comments["study_results.model_version"]
+    assert "NULL when the image is ungradable" in comments["study_results.label"]
     assert view.startswith("One row per study and batch")
+    assert outcomes.startswith("One row per patient, study and batch")
+    assert "not its key" in comments["screening_outcomes.study"]
