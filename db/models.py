@@ -195,12 +195,13 @@ class Prediction(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), index=True)
     model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
-    label: Mapped[str] = mapped_column(String(64))
-    probability: Mapped[float]
-    probabilities: Mapped[dict[str, Any]]
+    # The model's answer; NULL for an ungradable image the model refuses (a black frame).
+    label: Mapped[str | None] = mapped_column(String(64))
+    probability: Mapped[float | None]
+    probabilities: Mapped[dict[str, Any] | None]
     generated_text: Mapped[str | None] = mapped_column(Text)
     text_label: Mapped[str | None] = mapped_column(String(64))
-    text_agrees: Mapped[bool]
+    text_agrees: Mapped[bool | None]
     mask_path: Mapped[str | None] = mapped_column(Text)
     # The image's gradability (mdf.imaging.quality); NULL for predictions made before it
     # was assessed. quality_reason: comma-separated QualityReason values, NULL if gradable.

@@ -4,13 +4,14 @@ reason and both eyes; and study_results hiding the label of an ungradable image.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import sqlalchemy as sa
+from alembic import command
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import Batch, Image, ImageStatus, ModelVersion, Prediction, Study
-from db.session import make_engine, session_factory
+from db.session import alembic_config, make_engine, session_factory
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class Shot:
     referable: bool | None = False
     referral_probability: float | None = 0.2
     batch: str = "night-1"
+    answered: bool = True  # False: the model refused the picture (a black frame)
 
 
 def add_shots(sessions: sessionmaker[Session], shots: list[Shot]) -> dict[str, int]:
@@ -48,15 +50,18 @@ def add_shots(sessions: sessionmaker[Session], shots: list[Shot]) -> dict[str, i
             )
             if shot.status == "done":
                 ungradable = shot.gradable is False
+                answer = {
+                    "label": "inherited",
+                    "probability": 0.7,
+                    "probabilities": {"inherited": 0.7, "acquired": 0.3},
+                    "generated_text": "The disease is inherited.",
+                    "text_label": "inherited",
+                    "text_agrees": True,
+                }
                 image.predictions = [
                     Prediction(
                         model_version=version,
-                        label="inherited",
-                        probability=0.7,
-                        probabilities={"inherited": 0.7, "acquired": 0.3},
-                        generated_text="The disease is inherited.",
-                        text_label="inherited",
-                        text_agrees=True,
+                        **(answer if shot.answered else {}),
                         gradable=shot.gradable,
                         quality_score=0.2 if ungradable else 0.8,
                         quality_reason="too_dark,out_of_focus" if ungradable else None,
@@ -84,6 +89,8 @@ SHOTS = [
     Shot("one-good-image", "R"),
     Shot("one-good-image", "L", status="failed"),
     Shot("one-good-image", "L", referral_probability=0.4),
+    Shot("right-black", "R", gradable=False, answered=False, referral_probability=None),
+    Shot("right-black", "L"),
     Shot("left-missing", "R"),
     Shot("right-rejected-left-missing", "R", status="rejected"),
     Shot("pending", "R", referable=True),
@@ -139,6 +146,8 @@ def test_each_study_is_decided_with_its_reason(database_url: str) -> None:
                                   "not_referable", 0.2, "ungradable", None, 3),
         ("one-good-image", n1): ("no_refer", "no referable finding in either eye",
                                  "not_referable", 0.2, "not_referable", 0.4, 3),
+        ("right-black", n1): ("refer", "right eye ungradable",
+                              "ungradable", None, "not_referable", 0.2, 2),
         ("left-missing", n1): ("refer", "left eye missing",
                                "not_referable", 0.2, "missing", None, 1),
         ("right-rejected-left-missing", n1): ("refer", "right eye ungradable, left eye missing",
@@ -193,20 +202,38 @@ def test_the_decision_follows_the_prediction_each_image_shows(database_url: str)
 
 def test_study_results_shows_no_label_for_an_ungradable_image(database_url: str) -> None:
     sessions = session_factory(database_url)
-    add_shots(sessions, [Shot("s", "R", gradable=False), Shot("s", "L")])
+    shots = [Shot("s", "R", gradable=False), Shot("s", "L"), Shot("s", None, gradable=False)]
+    add_shots(sessions, [*shots[:2], replace(shots[2], answered=False)])
     engine = make_engine(database_url)
     with engine.connect() as connection:
         rows = connection.execute(
             sa.text(
                 "SELECT laterality, gradable, quality_score, quality_reason, label, probability, "
                 "generated_text, text_agrees, referable, model_version FROM study_results "
-                "ORDER BY laterality"
+                "ORDER BY image_id"
             )
         ).all()
-        stored = connection.scalars(sa.text("SELECT label FROM predictions")).all()
+        stored = connection.scalars(sa.text("SELECT label FROM predictions ORDER BY id")).all()
     engine.dispose()
+    dark = ("too_dark,out_of_focus", None, None, None, None, None, "v1")
     assert [tuple(row) for row in rows] == [
+        ("R", False, 0.2, *dark),
         ("L", True, 0.8, None, "inherited", 0.7, "The disease is inherited.", True, False, "v1"),
-        ("R", False, 0.2, "too_dark,out_of_focus", None, None, None, None, None, "v1"),
+        (None, False, 0.2, *dark),  # the model refused it: no answer at all
     ]
-    assert stored == ["inherited", "inherited"]  # the model's answer is kept, not shown
+    assert stored == ["inherited", "inherited", None]  # the model's answer kept, not shown
+
+
+def test_a_downgrade_drops_the_predictions_without_an_answer(database_url: str) -> None:
+    """0004 needs a label in every prediction; an upgrade brings the views back."""
+    add_shots(session_factory(database_url), [Shot("s", "R"), Shot("s", "L", answered=False)])
+    config = alembic_config(database_url)
+    command.downgrade(config, "0004")
+    engine = make_engine(database_url)
+    with engine.connect() as connection:
+        assert connection.scalars(sa.text("SELECT label FROM predictions")).all() == ["inherited"]
+    command.upgrade(config, "head")
+    with engine.connect() as connection:
+        decision = connection.scalar(sa.text("SELECT decision FROM screening_outcomes"))
+    engine.dispose()
+    assert decision == "refer"  # the left eye's image is done, with no prediction: not assessed

@@ -5,7 +5,9 @@ and first decides whether a photograph can be graded at all. So predictions gain
 quality assessment of the image (``gradable``, ``quality_score``, ``quality_reason``)
 and the referral call (``referable``, ``referral_probability``); model versions gain
 ``referral``, the per-label thresholds training chose and what they reached on the
-validation patients.
+validation patients. The model's answer (``label``, ``probability``, ``probabilities``,
+``text_agrees``) may be NULL: an ungradable image the model refuses (a black frame) is
+still done, with its assessment and timings.
 
 study_results shows the quality columns, and no label, probability or text for an
 ungradable image: the model may still run on it for research, its label is not a
@@ -17,7 +19,8 @@ predictions study_results shows:
 
 - an image is *pending* until it is done, rejected or failed; *ungradable* when it was
   rejected, failed (a technical failure is a referral, as the English screening
-  programme counts it) or assessed ungradable; otherwise *referable* or not;
+  programme counts it), assessed ungradable or is done without a prediction; otherwise
+  *referable* or not (a prediction made before this revision: not referable);
 - an eye is ``pending`` while any of its images is, ``referable`` when any of its
   gradable images is, ``missing`` without an image, ``ungradable`` when none of its
   images is gradable, else ``not_referable``;
@@ -52,6 +55,14 @@ PREDICTION_COLUMNS = {
     "quality_reason": sa.Text(),
     "referable": sa.Boolean(),
     "referral_probability": sa.Double(),
+}
+
+#: The model's answer, NULL for an ungradable image the model cannot take (a black frame).
+MODEL_ANSWER = {
+    "label": sa.String(length=64),
+    "probability": sa.Double(),
+    "probabilities": sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
+    "text_agrees": sa.Boolean(),
 }
 
 #: What an ungradable image shows instead of its prediction's value.
@@ -139,7 +150,8 @@ WITH shown AS (
         r.*,
         CASE
             WHEN r.status IN ('registered', 'queued', 'processing') THEN 'pending'
-            WHEN r.status <> 'done' OR r.gradable = FALSE THEN 'ungradable'
+            WHEN r.status <> 'done' OR r.gradable = FALSE OR r.model_version IS NULL
+                THEN 'ungradable'
             WHEN r.referable THEN 'referable'
             ELSE 'not_referable'
         END AS outcome
@@ -287,8 +299,11 @@ def _previous_comments() -> dict[str, tuple[str, dict[str, str]]]:
 def upgrade() -> None:
     op.execute("DROP VIEW study_rollup")
     op.execute("DROP VIEW study_results")
-    for column, type_ in PREDICTION_COLUMNS.items():
-        op.add_column("predictions", sa.Column(column, type_, nullable=True))
+    with op.batch_alter_table("predictions") as batch:  # SQLite: a copy of the table
+        for column, type_ in PREDICTION_COLUMNS.items():
+            batch.add_column(sa.Column(column, type_, nullable=True))
+        for column, type_ in MODEL_ANSWER.items():
+            batch.alter_column(column, existing_type=type_, nullable=True)
     op.add_column(
         "model_versions",
         sa.Column(
@@ -310,6 +325,11 @@ def downgrade() -> None:
     op.execute("DROP VIEW study_rollup")
     op.execute("DROP VIEW study_results")
     op.drop_column("model_versions", "referral")
-    for column in PREDICTION_COLUMNS:
-        op.drop_column("predictions", column)
+    # 0004 needs an answer in every prediction: an ungradable image without one loses its row.
+    op.execute("DELETE FROM predictions WHERE label IS NULL")
+    with op.batch_alter_table("predictions") as batch:
+        for column, type_ in MODEL_ANSWER.items():
+            batch.alter_column(column, existing_type=type_, nullable=False)
+        for column in PREDICTION_COLUMNS:
+            batch.drop_column(column)
     _create_views(_revision("0004").STUDY_RESULTS, _previous_comments())
