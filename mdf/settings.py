@@ -121,6 +121,88 @@ class Settings(BaseSettings):
         default=16, ge=1, le=512, description="Tokens an inference worker generates per image."
     )
 
+    # DICOM networking: `mdf dicom listen` receives, `mdf pull` queries a PACS over DICOMweb.
+    dicom_ae_title: str = Field(
+        default="MDF",
+        pattern=r"^[!-~][ -~]{0,15}$",
+        description="AE title of `mdf dicom listen` (peers call it by this name).",
+    )
+    dicom_host: str = Field(default="127.0.0.1", description="Address `mdf dicom listen` binds.")
+    dicom_port: int = Field(default=11112, ge=1, le=65535, description="Its DICOM port.")
+    dicom_allowed_aes: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Calling AE titles allowed to send (comma-separated); required to listen.",
+    )
+    dicom_study_quiet_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="A received study goes to intake when none of it arrived for this long.",
+    )
+    dicom_spool_dir: Path | None = Field(
+        default=None,
+        description="Where received and pulled instances are kept; default: DATA_DIR/dicom.",
+    )
+    dicom_tls_cert_file: Path | None = Field(
+        default=None, description="PEM certificate: `mdf dicom listen` speaks TLS only."
+    )
+    dicom_tls_key_file: Path | None = Field(
+        default=None, validate_default=True, description="Its PEM private key."
+    )
+    dicom_tls_ca_file: Path | None = Field(
+        default=None, description="PEM CA bundle: peers must show a certificate it signed."
+    )
+    dicomweb_sources: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="DICOMweb base URLs the nightly scan pulls from first (comma-separated).",
+    )
+    dicomweb_modalities: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["OP", "XC", "OT"],
+        description="Modalities a pull asks for (comma-separated).",
+    )
+    dicomweb_days: int = Field(
+        default=3, ge=1, description="The nightly pull's window: studies of the last N days."
+    )
+    dicomweb_username: str | None = Field(
+        default=None, description="User name for HTTP basic authentication to the sources."
+    )
+    dicomweb_password_file: Path | None = Field(
+        default=None, description="File holding that user's password (basic authentication)."
+    )
+    dicomweb_token_file: Path | None = Field(
+        default=None, description="File holding a bearer token (instead of basic authentication)."
+    )
+    dicomweb_retries: int = Field(
+        default=5, ge=0, le=20, description="Retries of a failed DICOMweb request, with backoff."
+    )
+
+    @field_validator("dicom_allowed_aes", "dicomweb_sources", "dicomweb_modalities", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("dicomweb_password_file", "dicomweb_token_file")
+    @classmethod
+    def _dicomweb_secret_file(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        if path is None:
+            return None
+        read_secret(path)
+        if info.field_name == "dicomweb_password_file" and not info.data.get("dicomweb_username"):
+            raise ValueError("needs MDF_DICOMWEB_USERNAME")
+        return path
+
+    @field_validator("dicom_tls_key_file")
+    @classmethod
+    def _tls_pair(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        if (path is None) != (info.data.get("dicom_tls_cert_file") is None):
+            raise ValueError("set MDF_DICOM_TLS_CERT_FILE and MDF_DICOM_TLS_KEY_FILE together")
+        return path
+
+    @property
+    def resolved_dicom_spool_dir(self) -> Path:
+        return self.dicom_spool_dir or self.data_dir / "dicom"
+
     @field_validator("inboxes", mode="before")
     @classmethod
     def _split_inboxes(cls, value: object) -> object:
