@@ -31,10 +31,10 @@ class ClassificationResult:
 
     label: the label with the highest score; probabilities: label -> probability (sums to 1);
     text: the generated answer ("" when text generation was off); text_label: the label the text
-    names, or None; agrees: text_label == label; mask: uint8 (N, N) at the U-Net input size in
-    the letterboxed frame (the image centred on a black square), 0..255 = sigmoid probability of
-    the first segmentation channel (vessels by default). Baseline models have no segmentation:
-    their mask is empty, shape (0, 0).
+    names, or None; agrees: text_label == label; mask: uint8 (C, N, N) at the U-Net input size
+    in the letterboxed frame (the image centred on a black square), 0..255 = sigmoid probability
+    of each segmentation channel, in ``Classifier.mask_channels`` order. Baseline models have no
+    segmentation: their mask is empty, shape (0, 0, 0).
     """
 
     label: str
@@ -81,6 +81,11 @@ class Classifier:
     @property
     def labels(self) -> list[str]:
         return list(self.model.config.labels)
+
+    @property
+    def mask_channels(self) -> list[str]:
+        """The segmentation channels a result's mask holds, in order (none for a baseline)."""
+        return [] if self.model.config.baseline else list(self.model.config.seg_classes)
 
     @property
     def answer_token_ids(self) -> list[list[int]]:
@@ -154,7 +159,7 @@ class Classifier:
         max_new_tokens: int = 16,
     ) -> list[ClassificationResult]:
         """Label scores from one batched forward pass; text from one batched ``generate()``;
-        ``segment=False`` skips the mask (empty, shape (0, 0)) and the work that makes it."""
+        ``segment=False`` skips the mask (empty, shape (0, 0, 0)) and the work that makes it."""
         if not batch:
             return []
         labels = self.labels
@@ -171,10 +176,10 @@ class Classifier:
                     sequences[:, inputs.input_ids.shape[1] :], skip_special_tokens=True
                 )
             if seg_logits is None:
-                masks = [np.zeros((0, 0), dtype=np.uint8)] * len(batch)
+                masks = [np.zeros((0, 0, 0), dtype=np.uint8)] * len(batch)
             else:
-                first = torch.sigmoid(seg_logits[:, 0].float()) * 255
-                masks = list(first.round().to(torch.uint8).cpu().numpy())
+                channels = torch.sigmoid(seg_logits.float()) * 255
+                masks = list(channels.round().to(torch.uint8).cpu().numpy())
 
         results = []
         for row, text, mask in zip(probabilities.tolist(), texts, masks, strict=True):

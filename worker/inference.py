@@ -41,7 +41,8 @@ from mdf.imaging import Rejection, decode_frame
 from mdf.settings import Settings
 from worker.content import read_registered
 from worker.lease import Heartbeat
-from worker.predictions import PredictionRow, mask_directory, save_mask, write_predictions
+from worker.masks import ImageMask, mask_directory, save_masks
+from worker.predictions import PredictionRow, write_predictions
 from worker.serving import Classification, Classifier, ModelServer, ServedModel
 
 log = structlog.get_logger(__name__)
@@ -60,6 +61,7 @@ class Prepared:
     image: ClaimedImage
     input: Any  # mdf_model.PreparedInput: only handed back to the classifier
     preprocess_ms: float
+    size: tuple[int, int]  # the decoded frame's (width, height): its masks are saved at it
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,8 @@ def preprocess(
             )
         else:
             elapsed = (time.perf_counter() - start) * 1000
-            prepared.append(Prepared(image, model_input, elapsed))
+            size = (pixels.shape[1], pixels.shape[0])
+            prepared.append(Prepared(image, model_input, elapsed, size))
     return prepared, failures
 
 
@@ -162,7 +165,7 @@ def classify(
     return classified, failures
 
 
-def prediction_row(item: Classified, mask_path: Path | None) -> PredictionRow:
+def prediction_row(item: Classified, mask_path: str | None) -> PredictionRow:
     result = item.result
     return PredictionRow(
         image_id=item.prepared.image.id,
@@ -172,7 +175,7 @@ def prediction_row(item: Classified, mask_path: Path | None) -> PredictionRow:
         generated_text=result.text,
         text_label=result.text_label,
         text_agrees=bool(result.agrees),
-        mask_path=None if mask_path is None else str(mask_path),
+        mask_path=mask_path,
         preprocess_ms=round(item.prepared.preprocess_ms, 3),
         inference_ms=round(item.inference_ms, 3),
     )
@@ -299,17 +302,12 @@ class Pipeline:
         inference_ms = (time.perf_counter() - start) * 1000
         failures.update(inference_failures)
         start = time.perf_counter()
-        directory = mask_directory(self.masks_dir, served.name)
-        rows = [
-            prediction_row(
-                item,
-                # a baseline model (no U-Net) returns an empty mask: nothing to save
-                save_mask(item.result.mask, directory, item.prepared.image.id)
-                if item.result.mask.size
-                else None,
-            )
-            for item in classified
-        ]
+        masks = save_masks(
+            [ImageMask(c.prepared.image.id, c.result.mask, c.prepared.size) for c in classified],
+            served.classifier.mask_channels,
+            mask_directory(self.masks_dir, served.name),
+        )
+        rows = [prediction_row(item, masks.get(item.prepared.image.id)) for item in classified]
         with self.sessions.begin() as session:
             written = write_predictions(
                 session,

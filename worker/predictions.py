@@ -6,68 +6,48 @@ finish it: the images are marked ``done`` under its token first (``db.lifecycle`
 and only their predictions are inserted, in the same transaction, so a worker whose
 claim was taken over writes nothing. The unique constraint on predictions stays the
 last guard: the insert skips rows that already exist (``ON CONFLICT DO NOTHING``)
-instead of failing the chunk. Masks are written before the row that names
-them, each through a temporary file and a rename, so a reader never sees half a PNG.
+instead of failing the chunk. Masks (``worker.masks``) are written before the row
+that names them.
 """
 
 from __future__ import annotations
 
-import os
-import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, NamedTuple
 
-import numpy as np
-from PIL import Image as PILImage
 from sqlalchemy.orm import Session
 
 from db import lifecycle
 from db.models import Prediction, utcnow
 from db.upsert import insert_new
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
-
 
 @dataclass(frozen=True)
 class PredictionRow:
+    """One prediction as written; the model's answer is None for an ungradable picture the
+    model refused, and the referral None when ungradable (``worker.screening``)."""
+
     image_id: int
-    label: str
-    probability: float
-    probabilities: dict[str, float]
+    label: str | None
+    probability: float | None
+    probabilities: dict[str, float] | None
     generated_text: str | None
     text_label: str | None
-    text_agrees: bool
-    mask_path: str | None
+    text_agrees: bool | None
+    mask_path: str | None  # one PNG per channel, ";"-separated (worker.masks)
     preprocess_ms: float
-    inference_ms: float
+    inference_ms: float | None
+    gradable: bool
+    quality_score: float
+    quality_reason: str | None
+    referable: bool | None
+    referral_probability: float | None
 
 
 class Written(NamedTuple):
     done: list[int]  # marked done: this claim still held them
     inserted: list[int]  # of those, the images whose prediction this call inserted
-
-
-def mask_directory(masks_dir: Path, version_name: str) -> Path:
-    """One folder per model version: a version name never escapes the masks folder."""
-    return masks_dir.resolve() / _UNSAFE.sub("_", version_name)
-
-
-def save_mask(mask: np.ndarray, directory: Path, image_id: int) -> Path:
-    """Write ``<image id>.png`` atomically; a re-delivered chunk replaces it with the same."""
-    directory.mkdir(parents=True, exist_ok=True)
-    target = directory / f"{image_id}.png"
-    handle, temporary = tempfile.mkstemp(prefix=f".{image_id}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            PILImage.fromarray(np.ascontiguousarray(mask, dtype=np.uint8)).save(stream, "PNG")
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return target
 
 
 def write_predictions(

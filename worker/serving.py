@@ -45,7 +45,7 @@ class Classification(Protocol):
     @property
     def agrees(self) -> bool: ...
     @property
-    def mask(self) -> np.ndarray: ...  # empty, shape (0, 0), for a model without a U-Net
+    def mask(self) -> np.ndarray: ...  # (C, N, N), empty for a model without a U-Net
 
 
 @runtime_checkable
@@ -59,6 +59,8 @@ class Classifier(Protocol):
     def version_hash(self) -> str: ...
     @property
     def labels(self) -> Sequence[str]: ...
+    @property
+    def mask_channels(self) -> Sequence[str]: ...  # the planes of a result's mask, in order
     def prepare(self, image: np.ndarray, clinical_text: str | None) -> Any:
         """The model's input for one picture; ValueError for a picture it cannot use."""
 
@@ -83,6 +85,7 @@ class ServedModel:
     version_id: int
     name: str
     classifier: Classifier
+    referral: dict[str, Any] | None  # the version's referral thresholds (model_versions)
 
 
 class ModelServer:
@@ -128,13 +131,19 @@ class ModelServer:
         with self._sessions() as session:
             promoted = promoted_version(session)
             target = (
-                (promoted.id, promoted.name, Path(promoted.path), promoted.manifest_sha256)
+                (
+                    promoted.id,
+                    promoted.name,
+                    Path(promoted.path),
+                    promoted.manifest_sha256,
+                    promoted.referral,
+                )
                 if promoted
                 else None
             )
         if target is None:
             return self._served or self._serve_model_dir()
-        version_id, name, path, expected = target
+        version_id, name, path, expected, referral = target
         if self._served is not None and self._served.version_id == version_id:
             return self._served
         if version_id not in self._broken:
@@ -144,7 +153,7 @@ class ModelServer:
                 self._broken[version_id] = str(error)
                 log.error("model_load_failed", model_version=name, error=str(error))
             else:
-                return self._swap(ServedModel(version_id, name, classifier))
+                return self._swap(ServedModel(version_id, name, classifier, referral))
         if self._served is None:
             raise ModelUnavailable(
                 f"promoted model version {name} cannot be loaded: {self._broken[version_id]}"
@@ -171,7 +180,7 @@ class ModelServer:
                 manifest_sha256=classifier.version_hash,
                 labels=list(classifier.labels),
             )
-            served = ServedModel(version.id, version.name, classifier)
+            served = ServedModel(version.id, version.name, classifier, version.referral)
         return self._swap(served)
 
     def _swap(self, served: ServedModel) -> ServedModel:

@@ -36,7 +36,8 @@ def test_binary_classification(classifier: Classifier, prepared: list[PreparedIn
     for result in results:
         check_result(result, ["acquired", "inherited"])
         assert isinstance(result.text, str) and result.text
-        assert result.mask.shape == (128, 128) and result.mask.dtype == np.uint8
+        assert result.mask.shape == (2, 128, 128) and result.mask.dtype == np.uint8
+    assert classifier.mask_channels == ["vessels", "lesions"]  # the mask's planes, in order
     # Different images, different answers: the image reaches the scores.
     assert len({r.probabilities["acquired"] for r in results}) == 3
 
@@ -130,7 +131,7 @@ def test_scoring_without_masks_skips_their_work_and_keeps_the_scores(
     for a, b in zip(full, labels_only, strict=True):
         assert a.label == b.label
         assert a.probabilities == pytest.approx(b.probabilities, abs=1e-6)
-        assert a.mask.shape[0] > 0 and b.mask.shape == (0, 0)
+        assert a.mask.shape[0] > 0 and b.mask.shape == (0, 0, 0)
 
 
 def test_the_staged_encoder_is_smps_encoder() -> None:
@@ -207,7 +208,7 @@ def test_baseline_mode_works_through_the_same_api(make_model, fundus_images) -> 
     assert len(results) == 3
     for result in results:
         check_result(result, ["acquired", "inherited"])
-        assert result.mask.shape == (0, 0)
+        assert result.mask.shape == (0, 0, 0)
     # No fusion at all: the logits are the base model's.
     inputs = classifier.scoring_inputs([classifier.prepare(fundus_images[0])])
     rows = inputs.rows_per_image

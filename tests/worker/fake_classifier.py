@@ -34,6 +34,7 @@ class FakeClassifier:
 
     version_hash: str
     labels: list[str] = field(default_factory=lambda: ["acquired", "inherited"])
+    mask_channels: list[str] = field(default_factory=lambda: ["vessels", "lesions"])
     batches: list[int] = field(default_factory=list)  # size of each classify_prepared call
     on_classify: Callable[[], None] | None = None  # runs inside classify_prepared, once
 
@@ -55,7 +56,7 @@ class FakeClassifier:
         for red in batch:
             p = min(max(red / 255, 0.0), 1.0)
             label = "inherited" if p > 0.5 else "acquired"
-            mask = np.full((8, 8), 255 if label == "inherited" else 0, dtype=np.uint8)
+            mask = np.full((2, 8, 8), 255 if label == "inherited" else 0, dtype=np.uint8)
             probabilities = {"acquired": 1 - p, "inherited": p}
             results.append(FakeResult(label, probabilities, f" {label}", label, True, mask))
         return results

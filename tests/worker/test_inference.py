@@ -54,10 +54,13 @@ def test_a_chunk_is_classified_in_one_batch_and_recorded(
         assert prediction.generated_text == f" {prediction.label}"
         assert prediction.worker == "w1@host"
         assert prediction.preprocess_ms > 0 and prediction.inference_ms > 0
-        mask = Path(prediction.mask_path)
-        assert mask == (tmp_path / "masks").resolve() / served.name / f"{prediction.image_id}.png"
+        folder = (tmp_path / "masks").resolve() / served.name
+        masks = [Path(path) for path in prediction.mask_path.split(";")]
+        assert masks == [folder / f"{prediction.image_id}.{c}.png" for c in ("vessels", "lesions")]
         expected = 255 if prediction.label == "inherited" else 0
-        assert np.asarray(PILImage.open(mask)).max() == expected
+        for mask in masks:  # each channel at the source's 64x64, not the model's 8x8
+            assert np.asarray(PILImage.open(mask)).shape == (64, 64)
+            assert np.asarray(PILImage.open(mask)).max() == expected
 
 
 def test_unusable_images_fail_alone_with_their_reasons(
@@ -196,7 +199,7 @@ def test_an_unexpected_error_fails_the_claimed_images_with_its_reason(
     def full_disk(*args: object, **kwargs: object) -> Path:
         raise RuntimeError("no space left for masks")
 
-    monkeypatch.setattr(worker.inference, "save_mask", full_disk)
+    monkeypatch.setattr(worker.inference, "save_masks", full_disk)
     with pytest.raises(RuntimeError):
         make_pipeline(sessions, tmp_path, fake_loader).run([*ids, done])
     reasons = _reasons(sessions)
@@ -238,4 +241,5 @@ def test_the_tiny_model_classifies_photographs_and_dicom(
     for prediction in predictions:
         assert prediction.label in ("acquired", "inherited")
         assert sum(prediction.probabilities.values()) == pytest.approx(1, abs=1e-4)
-        assert np.asarray(PILImage.open(prediction.mask_path)).shape == (128, 128)
+        for mask in prediction.mask_path.split(";"):  # at the source's 96x96, as two channels
+            assert np.asarray(PILImage.open(mask)).shape == (96, 96)

@@ -4,23 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import pytest
 import sqlalchemy as sa
 from image_rows import add_images, predictions_per_image, promote, statuses
-from PIL import Image as PILImage
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import lifecycle
 from db.lifecycle import ImageStatus
 from db.models import Image, Prediction
-from worker.predictions import (
-    PredictionRow,
-    Written,
-    mask_directory,
-    save_mask,
-    write_predictions,
-)
+from worker.predictions import PredictionRow, Written, write_predictions
 
 
 def _row(image_id: int, label: str = "acquired") -> PredictionRow:
@@ -94,21 +85,3 @@ def test_a_claim_taken_over_writes_no_prediction_under_another_version(
     assert _write(sessions, [_row(image)], new, "new") == Written([image], [image])
     with sessions() as session:
         assert session.execute(sa.select(Prediction.model_version_id)).scalars().all() == [new]
-
-
-def test_a_mask_is_written_whole_and_replaced_atomically(tmp_path: Path) -> None:
-    directory = mask_directory(tmp_path / "masks", "v1/../../etc")
-    assert directory.parent == (tmp_path / "masks").resolve()
-    mask = np.zeros((16, 16), dtype=np.uint8)
-    mask[4:8, 4:8] = 255
-    path = save_mask(mask, directory, 7)
-    assert path == directory / "7.png"
-    save_mask(mask, directory, 7)  # a re-delivered chunk writes the same file again
-    np.testing.assert_array_equal(np.asarray(PILImage.open(path)), mask)
-    assert sorted(p.name for p in directory.iterdir()) == ["7.png"]  # no temporary left
-
-
-def test_a_failed_mask_write_leaves_no_temporary(tmp_path: Path) -> None:
-    with pytest.raises(TypeError):
-        save_mask(np.zeros((2, 2, 2, 2), dtype=np.uint8), tmp_path, 1)
-    assert list(tmp_path.iterdir()) == []
