@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import signal
 import threading
+from datetime import date
 
 from pydantic import ValidationError
 
@@ -22,6 +23,22 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     listen.add_argument("--port", type=int, help="port (default: MDF_DICOM_PORT)")
     listen.add_argument("--ae-title", help="our AE title (default: MDF_DICOM_AE_TITLE)")
     listen.set_defaults(handler=_listen)
+
+    pull = subparsers.add_parser(
+        "pull", help="fetch new instances from a PACS over DICOMweb (QIDO-RS, WADO-RS) and ingest"
+    )
+    pull.add_argument(
+        "--dicomweb", metavar="URL", help="the source's base URL (default: MDF_DICOMWEB_SOURCES)"
+    )
+    pull.add_argument(
+        "--since", type=date.fromisoformat, metavar="DATE", help="first study date (ISO)"
+    )
+    pull.add_argument("--until", type=date.fromisoformat, metavar="DATE", help="last study date")
+    pull.add_argument(
+        "--modality", metavar="OP,XC", help="modalities (default: MDF_DICOMWEB_MODALITIES)"
+    )
+    pull.add_argument("--batch", help="batch name (default: dicomweb-SOURCE-today)")
+    pull.set_defaults(handler=_pull)
 
 
 def _listen(args: argparse.Namespace, settings: Settings) -> int:
@@ -60,3 +77,36 @@ def _listen(args: argparse.Namespace, settings: Settings) -> int:
             f"cannot listen on {settings.dicom_host}:{settings.dicom_port}: {error.strerror}"
         ) from error
     return 0
+
+
+def _pull(args: argparse.Namespace, settings: Settings) -> int:
+    import requests
+
+    from scheduler.pull import default_window
+    from scheduler.service import Scheduler
+
+    sources = [args.dicomweb] if args.dicomweb else settings.dicomweb_sources
+    if not sources:
+        raise CommandError("name a source with --dicomweb URL or set MDF_DICOMWEB_SOURCES")
+    since, until = default_window(settings)
+    window = (args.since or since, args.until or until)
+    if window[0] > window[1]:
+        raise CommandError(f"--since {window[0]} is after --until {window[1]}")
+    modalities = args.modality.split(",") if args.modality else settings.dicomweb_modalities
+    settings.resolved_pseudonym_key()  # a bad key stops us before anything is fetched
+    scheduler = Scheduler(settings)
+    failures = 0
+    for url in sources:
+        try:
+            pulled, report, queued = scheduler.pull(url, window, modalities, args.batch)
+        except requests.RequestException as error:
+            raise CommandError(f"{url}: {type(error).__name__}: {error}") from error
+        print(
+            f"{url}: {pulled.found} instances found, {pulled.already_held} already held, "
+            f"{pulled.retrieved} retrieved, {pulled.failures} failed; batch {report.batch}: "
+            f"{report.images} new images, {report.rejected} rejected, {queued} queued"
+        )
+        for reason, count in sorted(pulled.failed.items()):
+            print(f"  not retrieved ({count}): {reason}")
+        failures += pulled.failures
+    return 1 if failures else 0

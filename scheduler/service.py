@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 
 import structlog
@@ -10,9 +11,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.session import session_factory
 from mdf.celery_app import create_app
+from mdf.logs import summarise_error
 from mdf.settings import Settings
 from scheduler.dispatch import enqueue_registered, requeue_expired, requeue_stalled
 from scheduler.intake import IngestReport, ingest
+from scheduler.pull import Puller, PullReport, batch_name, default_window, source_name
 
 log = structlog.get_logger(__name__)
 
@@ -40,8 +43,34 @@ class Scheduler:
         )
         return report, queued
 
-    def scan_inboxes(self) -> list[IngestReport]:
+    def pull(
+        self,
+        url: str,
+        window: tuple[date, date],
+        modalities: list[str],
+        batch: str | None = None,
+    ) -> tuple[PullReport, IngestReport, int]:
+        """Fetch a DICOMweb source's new instances of ``window`` and take its folder in."""
+        puller = Puller(url, self.settings)
+        pulled = puller.pull(*window, modalities)
+        report, queued = self.ingest(puller.folder, batch or batch_name(url))
+        return pulled, report, queued
+
+    def pull_sources(self) -> list[IngestReport]:
+        """The nightly pull of every configured source; one failing stops no other."""
         reports = []
+        window = default_window(self.settings)
+        for url in self.settings.dicomweb_sources:
+            try:
+                reports.append(self.pull(url, window, self.settings.dicomweb_modalities)[1])
+            except Exception as error:
+                error_text = summarise_error(error)
+                log.error("dicomweb_pull_failed", dicomweb=source_name(url), error=error_text)
+        return reports
+
+    def scan_inboxes(self) -> list[IngestReport]:
+        """Pull the DICOMweb sources first, then take in each inbox."""
+        reports = self.pull_sources()
         for inbox in self.settings.inboxes:
             if not inbox.is_dir():
                 log.warning("inbox_missing", inbox=str(inbox))

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -50,9 +51,10 @@ def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None
 
 
 def write_instances(
-    folder: Path, count: int, *, study_uid: str, side: int = 64, seed: int = 0, **tags: str
+    folder: Path, count: int, *, study_uid: str, side: int = 64, seed: int = 0, **options: Any
 ) -> dict[Path, str]:
-    """``count`` distinct OP instances of one study; returns each file's SOP Instance UID."""
+    """``count`` distinct instances of one study (OP unless ``options`` of ``write_dicom_op``
+    say otherwise); returns each file's SOP Instance UID."""
     rng = np.random.default_rng(seed)
     written = {}
     for i in range(count):
@@ -64,8 +66,7 @@ def write_instances(
             study_uid=study_uid,
             series_uid=f"{study_uid}.0",
             sop_uid=sop_uid,
-            laterality="L" if i % 2 else "R",
-            **tags,
+            **{"laterality": "L" if i % 2 else "R", **options},
         )
         written[path] = sop_uid
     return written
@@ -107,8 +108,11 @@ def listener(workdir: Path, **settings: str) -> Iterator[Listener]:
         running.stop()
 
 
-def orthanc_config(root: Path, http_port: int, dicom_port: int) -> Path:
-    """An Orthanc configuration on loopback with DICOMweb, its storage under ``root``."""
+def orthanc_config(
+    root: Path, http_port: int, dicom_port: int, users: dict[str, str] | None = None
+) -> Path:
+    """An Orthanc configuration on loopback with DICOMweb, its storage under ``root``;
+    with ``users``, HTTP basic authentication (user: password) is required."""
     config = {
         "Name": "MDF test PACS",
         "StorageDirectory": str(root / "storage"),
@@ -117,7 +121,8 @@ def orthanc_config(root: Path, http_port: int, dicom_port: int) -> Path:
         "DicomPort": dicom_port,
         "DicomAet": "ORTHANC",
         "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False,
+        "AuthenticationEnabled": bool(users),
+        "RegisteredUsers": users or {},
         "HttpServerEnabled": True,
         "Plugins": [str(ORTHANC_DICOMWEB_PLUGIN)],
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
@@ -131,7 +136,7 @@ def orthanc_config(root: Path, http_port: int, dicom_port: int) -> Path:
 class Orthanc:
     """A real Orthanc PACS with its DICOMweb plugin, started for a test."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, users: dict[str, str] | None = None):
         program = need("Orthanc", "orthanc")
         if not ORTHANC_DICOMWEB_PLUGIN.exists():
             pytest.skip("Orthanc's DICOMweb plugin is not installed (Debian orthanc-dicomweb)")
@@ -140,7 +145,8 @@ class Orthanc:
         self.url = f"http://127.0.0.1:{self.http_port}"
         self.dicomweb = f"{self.url}/dicom-web"
         self.log = root / "orthanc.log"
-        self.config = orthanc_config(root, self.http_port, self.dicom_port)
+        self.config = orthanc_config(root, self.http_port, self.dicom_port, users)
+        self.auth = next(iter(users.items())) if users else None
         self.program = program
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -157,7 +163,7 @@ class Orthanc:
         if self.process.poll() is not None:
             raise AssertionError(f"Orthanc exited: {self.log.read_text()[-2000:]}")
         try:
-            return requests.get(f"{self.url}/system", timeout=1).ok
+            return requests.get(f"{self.url}/system", auth=self.auth, timeout=1).ok
         except requests.ConnectionError:
             return False
 
@@ -169,8 +175,9 @@ class Orthanc:
     def upload(self, paths: list[Path]) -> None:
         """Store files as a modality would, through Orthanc's REST API."""
         with requests.Session() as session:
+            session.auth = self.auth
             for path in paths:
                 session.post(f"{self.url}/instances", data=path.read_bytes()).raise_for_status()
 
     def instances(self) -> list[str]:
-        return requests.get(f"{self.url}/instances", timeout=10).json()
+        return requests.get(f"{self.url}/instances", auth=self.auth, timeout=10).json()
