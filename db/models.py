@@ -198,7 +198,10 @@ class Prediction(Base):
     # The model's answer; NULL for an ungradable image the model refuses (a black frame).
     label: Mapped[str | None] = mapped_column(String(64))
     probability: Mapped[float | None]
-    probabilities: Mapped[dict[str, Any] | None]
+    # None is SQL NULL here, not JSON null
+    probabilities: Mapped[dict[str, Any] | None] = mapped_column(
+        JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
+    )
     generated_text: Mapped[str | None] = mapped_column(Text)
     text_label: Mapped[str | None] = mapped_column(String(64))
     text_agrees: Mapped[bool | None]

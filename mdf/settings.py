@@ -21,9 +21,15 @@ from sqlalchemy.engine import make_url
 
 from mdf.secret_files import GENERATE_HINT, UnusableSecret, embedded_key, key_problem, read_secret
 
+#: A referable label's threshold when neither its model version nor the settings name one.
+DEFAULT_REFERRAL_THRESHOLD = 0.5
+
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="MDF_", env_file=".env", extra="ignore")
+    # "__" reaches into a mapping: MDF_QUALITY__MIN_FIELD=0.3 sets quality["min_field"].
+    model_config = SettingsConfigDict(
+        env_prefix="MDF_", env_file=".env", extra="ignore", env_nested_delimiter="__"
+    )
 
     data_dir: Path = Field(
         default=Path("var"),
@@ -121,6 +127,32 @@ class Settings(BaseSettings):
         default=16, ge=1, le=512, description="Tokens an inference worker generates per image."
     )
 
+    # Screening outcomes: gradability and referral (README "Settings" and "For analysts").
+    quality: dict[str, float] = Field(
+        default_factory=dict,
+        description="Gradability thresholds that differ from mdf.imaging.quality's defaults, "
+        "by name: MDF_QUALITY__MIN_FIELD=0.3, or MDF_QUALITY as a JSON object.",
+    )
+    referable_labels: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["inherited"],
+        description="Labels whose finding refers the patient (comma-separated). Inherited "
+        "retinal disease needs a specialist (genetic testing, gene therapy) that a screening "
+        "program refers to; acquired disease is followed within the program.",
+    )
+    referral_thresholds: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=dict,
+        description="Probability from which a referable label refers, per label (others: "
+        f"{DEFAULT_REFERRAL_THRESHOLD}); only for a model version without thresholds of its "
+        "own: MDF_REFERRAL_THRESHOLDS__INHERITED=0.4, or a JSON object.",
+    )
+    referral_target_sensitivity: float = Field(
+        default=0.9,
+        gt=0,
+        le=1,
+        description="Sensitivity at which training sets each referable label's threshold, on "
+        "the validation patients.",
+    )
+
     # DICOM networking: `mdf dicom listen` receives, `mdf pull` queries a PACS over DICOMweb.
     dicom_ae_title: str = Field(
         default="MDF",
@@ -203,7 +235,7 @@ class Settings(BaseSettings):
     def resolved_dicom_spool_dir(self) -> Path:
         return self.dicom_spool_dir or self.data_dir / "dicom"
 
-    @field_validator("inboxes", mode="before")
+    @field_validator("inboxes", "referable_labels", mode="before")
     @classmethod
     def _split_inboxes(cls, value: object) -> object:
         if isinstance(value, str):
@@ -244,6 +276,10 @@ class Settings(BaseSettings):
             return self.database_url
         url = make_url(self.database_url).set(password=read_secret(self.database_password_file))
         return url.render_as_string(hide_password=False)
+
+    def referral_threshold(self, label: str) -> float:
+        """The configured threshold of a referable label, for a version that recorded none."""
+        return self.referral_thresholds.get(label, DEFAULT_REFERRAL_THRESHOLD)
 
     @property
     def masks_dir(self) -> Path:

@@ -97,8 +97,13 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     if INFERENCE_QUEUE in queues:
         # Load the model now, in the process that serves it (the solo pool never forks):
         # a worker without a usable model stops here with the reason, not at its first task.
+        from worker.screening import quality_thresholds
         from worker.serving import ModelUnavailable, model_server
 
+        try:
+            quality_thresholds(settings.quality)
+        except ValueError as error:
+            raise CommandError(str(error)) from error
         server = model_server(settings.resolved_database_url, settings.model_dir, settings.device)
         try:
             server.current()

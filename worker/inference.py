@@ -24,12 +24,13 @@ every third of the lease).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import kombu.exceptions
+import numpy as np
 import sqlalchemy.exc
 import structlog
 from sqlalchemy.orm import Session, sessionmaker
@@ -38,11 +39,13 @@ from db import lifecycle
 from db.lifecycle import ClaimedImage, Failure, ReasonCode
 from db.stored_path import from_stored
 from mdf.imaging import Rejection, decode_frame
+from mdf.imaging.quality import Quality, QualityThresholds, assess
 from mdf.settings import Settings
 from worker.content import read_registered
 from worker.lease import Heartbeat
 from worker.masks import ImageMask, mask_directory, save_masks
 from worker.predictions import PredictionRow, write_predictions
+from worker.screening import Referral, quality_columns, quality_thresholds
 from worker.serving import Classification, Classifier, ModelServer, ServedModel
 
 log = structlog.get_logger(__name__)
@@ -59,9 +62,12 @@ TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
 @dataclass(frozen=True)
 class Prepared:
     image: ClaimedImage
-    input: Any  # mdf_model.PreparedInput: only handed back to the classifier
+    # mdf_model.PreparedInput, only handed back to the classifier; None when the model
+    # refused a picture already assessed ungradable: an outcome, written without an answer
+    input: Any
     preprocess_ms: float
     size: tuple[int, int]  # the decoded frame's (width, height): its masks are saved at it
+    quality: Quality
 
 
 @dataclass(frozen=True)
@@ -102,9 +108,10 @@ def preprocess(
     max_pixels: int,
     max_frames: int,
     max_bytes: int,
+    quality: QualityThresholds,
 ) -> tuple[list[Prepared], dict[int, Failure]]:
-    """Read, verify, decode and prepare each image; one that fails is set aside with its
-    reason. The bytes decoded are the bytes hashed: nothing else is read in between."""
+    """Read, verify, decode, assess and prepare each image; one that fails is set aside with
+    its reason. The bytes decoded are the bytes hashed: nothing else is read in between."""
     prepared: list[Prepared] = []
     failures: dict[int, Failure] = {}
     for image in images:
@@ -114,7 +121,8 @@ def preprocess(
                 from_stored(image.source_path), image.sha256, max_bytes=max_bytes
             )
             pixels = decode_frame(data, image.frame, max_pixels=max_pixels, max_frames=max_frames)
-            model_input = classifier.prepare(pixels, image.clinical_text)
+            assessed = assess(pixels, quality)
+            model_input = _model_input(classifier, pixels, image.clinical_text, assessed)
         except Rejection as rejection:
             failures[image.id] = Failure(rejection.code, rejection.reason)
         except OSError as error:
@@ -130,8 +138,21 @@ def preprocess(
         else:
             elapsed = (time.perf_counter() - start) * 1000
             size = (pixels.shape[1], pixels.shape[0])
-            prepared.append(Prepared(image, model_input, elapsed, size))
+            prepared.append(Prepared(image, model_input, elapsed, size, assessed))
     return prepared, failures
+
+
+def _model_input(
+    classifier: Classifier, pixels: np.ndarray, clinical_text: str | None, quality: Quality
+) -> Any:
+    """The model's input; None when the model refuses a picture already found ungradable
+    (a black frame): the image then ends done and ungradable, not failed."""
+    try:
+        return classifier.prepare(pixels, clinical_text)
+    except ValueError:
+        if quality.gradable:
+            raise
+        return None
 
 
 def classify(
@@ -165,8 +186,12 @@ def classify(
     return classified, failures
 
 
-def prediction_row(item: Classified, mask_path: str | None) -> PredictionRow:
-    result = item.result
+def prediction_row(item: Classified, mask_path: str | None, referral: Referral) -> PredictionRow:
+    """The model's answer, the image's quality and, for a gradable image, the referral."""
+    result, quality = item.result, item.prepared.quality
+    referable, referral_probability = (
+        referral.apply(result.probabilities) if quality.gradable else (None, None)
+    )
     return PredictionRow(
         image_id=item.prepared.image.id,
         label=result.label,
@@ -178,6 +203,28 @@ def prediction_row(item: Classified, mask_path: str | None) -> PredictionRow:
         mask_path=mask_path,
         preprocess_ms=round(item.prepared.preprocess_ms, 3),
         inference_ms=round(item.inference_ms, 3),
+        **quality_columns(quality),
+        referable=referable,
+        referral_probability=referral_probability,
+    )
+
+
+def unanswered_row(item: Prepared) -> PredictionRow:
+    """An ungradable picture the model refused: its quality and timing, no answer."""
+    return PredictionRow(
+        image_id=item.image.id,
+        label=None,
+        probability=None,
+        probabilities=None,
+        generated_text=None,
+        text_label=None,
+        text_agrees=None,
+        mask_path=None,
+        preprocess_ms=round(item.preprocess_ms, 3),
+        inference_ms=None,
+        **quality_columns(item.quality),
+        referable=None,
+        referral_probability=None,
     )
 
 
@@ -195,6 +242,8 @@ class Pipeline:
     max_new_tokens: int
     lease_s: int
     worker: str
+    quality: QualityThresholds
+    referral_defaults: Mapping[str, float]  # each referable label's configured threshold
 
     @classmethod
     def from_settings(
@@ -216,6 +265,10 @@ class Pipeline:
             max_new_tokens=settings.max_new_tokens,
             lease_s=settings.claim_lease_s,
             worker=worker,
+            quality=quality_thresholds(settings.quality),
+            referral_defaults={
+                label: settings.referral_threshold(label) for label in settings.referable_labels
+            },
         )
 
     def run(self, image_ids: Sequence[int], token: str | None = None) -> ChunkOutcome:
@@ -293,11 +346,14 @@ class Pipeline:
             max_pixels=self.max_pixels,
             max_frames=self.max_frames,
             max_bytes=self.max_file_bytes,
+            quality=self.quality,
         )
         preprocess_ms = (time.perf_counter() - start) * 1000
         start = time.perf_counter()
         classified, inference_failures = classify(
-            served.classifier, prepared, max_new_tokens=self.max_new_tokens
+            served.classifier,
+            [item for item in prepared if item.input is not None],
+            max_new_tokens=self.max_new_tokens,
         )
         inference_ms = (time.perf_counter() - start) * 1000
         failures.update(inference_failures)
@@ -307,7 +363,12 @@ class Pipeline:
             served.classifier.mask_channels,
             mask_directory(self.masks_dir, served.name),
         )
-        rows = [prediction_row(item, masks.get(item.prepared.image.id)) for item in classified]
+        referral = Referral.for_model(
+            served.classifier.labels, served.referral, self.referral_defaults
+        )
+        rows = [
+            prediction_row(item, masks.get(item.prepared.image.id), referral) for item in classified
+        ] + [unanswered_row(item) for item in prepared if item.input is None]
         with self.sessions.begin() as session:
             written = write_predictions(
                 session,
@@ -326,7 +387,7 @@ class Pipeline:
             inference_ms=inference_ms,
             write_ms=(time.perf_counter() - start) * 1000,
         )
-        self._log_images(images, classified, failures, set(written.inserted))
+        self._log_images(images, prepared, classified, failures, set(written.inserted))
 
     def _fail_all(self, images: list[ClaimedImage], token: str, error: Exception) -> None:
         failure = Failure(ReasonCode.WORKER_ERROR, f"{type(error).__name__}: {error}")
@@ -337,12 +398,14 @@ class Pipeline:
     @staticmethod
     def _log_images(
         images: list[ClaimedImage],
+        prepared: list[Prepared],
         classified: list[Classified],
         failures: dict[int, Failure],
         written: set[int],
     ) -> None:
         """A line per image, bound to its batch and id; codes and labels, never paths."""
-        by_id = {item.prepared.image.id: item for item in classified}
+        assessed = {item.image.id: item for item in prepared}
+        answered = {item.prepared.image.id: item for item in classified}
         for image in images:
             with structlog.contextvars.bound_contextvars(
                 image_id=image.id, batch_id=image.batch_id
@@ -350,12 +413,15 @@ class Pipeline:
                 if image.id in failures:
                     log.warning("image_failed", reason_code=failures[image.id].code)
                     continue
-                item = by_id[image.id]
+                item, answer = assessed[image.id], answered.get(image.id)
+                columns = quality_columns(item.quality)
                 log.info(
                     "image_classified",
-                    label=item.result.label,
+                    label=answer.result.label if answer else None,
+                    gradable=columns["gradable"],
+                    quality_reason=columns["quality_reason"],
                     duplicate=image.id not in written,
                     attempts=image.attempts + 1,  # this start included
-                    preprocess_ms=round(item.prepared.preprocess_ms, 1),
-                    inference_ms=round(item.inference_ms, 1),
+                    preprocess_ms=round(item.preprocess_ms, 1),
+                    inference_ms=round(answer.inference_ms, 1) if answer else None,
                 )

@@ -292,3 +292,24 @@ def test_a_night_with_every_secret_in_files_never_shows_one(
     assert redis.Redis.from_url(url, password=broker_password).dbsize() > 0
     for secret in (database_password, broker_password, key):
         assert secret not in result.stdout + result.stderr
+
+
+def test_screening_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Referral and gradability settings: defaults, comma lists, and "__" into mappings."""
+    defaults = Settings()
+    assert defaults.referable_labels == ["inherited"] and defaults.quality == {}
+    assert defaults.referral_target_sensitivity == 0.9
+    assert defaults.referral_threshold("inherited") == 0.5
+    monkeypatch.setenv("MDF_REFERABLE_LABELS", "inherited, acquired")
+    monkeypatch.setenv("MDF_REFERRAL_THRESHOLDS__INHERITED", "0.35")
+    monkeypatch.setenv("MDF_QUALITY__MIN_FIELD", "0.3")
+    monkeypatch.setenv("MDF_QUALITY__MAX_CLIPPED", "0.5")
+    settings = Settings()
+    assert settings.referable_labels == ["inherited", "acquired"]
+    assert settings.referral_threshold("inherited") == 0.35
+    assert settings.referral_threshold("acquired") == 0.5
+    assert settings.quality == {"min_field": 0.3, "max_clipped": 0.5}
+    monkeypatch.setenv("MDF_REFERRAL_THRESHOLDS", '{"inherited": 1.5}')
+    monkeypatch.delenv("MDF_REFERRAL_THRESHOLDS__INHERITED")
+    with pytest.raises(ValidationError, match="less than or equal to 1"):
+        Settings()

@@ -26,6 +26,11 @@ def _row(image_id: int, label: str = "acquired") -> PredictionRow:
         mask_path=f"/masks/{image_id}.png",
         preprocess_ms=1.5,
         inference_ms=20.0,
+        gradable=True,
+        quality_score=0.8,
+        quality_reason=None,
+        referable=False,
+        referral_probability=0.25,
     )
 
 
