@@ -1,5 +1,7 @@
-"""What ``mdf run-batch`` says at the end: counts per label and model version, every
-rejected or failed file with its reason, and where the results are.
+"""What ``mdf run-batch`` says at the end: counts per label and model version, the
+patients' screening decisions, every rejected or failed file with its reason, on a
+validation night (a manifest with labels) how the referrals agree with the labels, and
+where the results are.
 
 Paths are shown relative to the delivered folder, on standard output only, for the
 operator who has to find the file; they never go to the logs. File names and reasons
@@ -16,6 +18,7 @@ from sqlalchemy import func, make_url, select
 from sqlalchemy.orm import Session
 
 from db.models import Image, ImageStatus, ModelVersion, Prediction
+from db.screening import Validation, decisions, validate
 from db.stored_path import from_stored, shown
 from mdf.settings import Settings
 from mdf.terminal import printable
@@ -40,8 +43,11 @@ class Summary:
     batch: str
     report: IngestReport
     counts: dict[str, int]  # images per status
-    labels: list[tuple[str, str, int]]  # (model version, label, images)
+    labels: list[tuple[str, str | None, int]]  # (model version, label, images); None: no answer
     problems: list[Problem]
+    decisions: dict[str, int]  # studies per screening decision (refer, no_refer, pending)
+    validation: Validation | None  # None without ground truth
+    referable_labels: list[str]
     database: str  # the URL, password hidden
     masks_dir: Path
     seconds: float
@@ -57,9 +63,15 @@ class Summary:
             "",
             f"  {'label':<24}{'images':>7}  model version",
         ]
-        lines += [f"  {label:<24}{n:>7}  {version}" for version, label, n in self.labels]
+        lines += [
+            f"  {label or '(no answer)':<24}{n:>7}  {version}" for version, label, n in self.labels
+        ]
         if not self.labels:
             lines.append("  (no predictions)")
+        decided = ", ".join(f"{n} {decision}" for decision, n in self.decisions.items())
+        lines += ["", f"patients (a study each, screening_outcomes): {decided}"]
+        if self.validation is not None:
+            lines += ["", *self._validation(self.validation)]
         if self.problems:
             lines += ["", f"  {'status':<9}{'file':<40}{'code':<22}reason"]
             for problem in self.problems[:MAX_PROBLEMS]:
@@ -75,6 +87,27 @@ class Summary:
             f"  look      mdf results --batch {self.batch}",
         ]
         return "\n".join(map(printable, lines))
+
+    def _validation(self, validation: Validation) -> list[str]:
+        """Referral against the manifest's labels; the confusion matrix as its four cells."""
+        lines = [
+            f"validation against the manifest's labels (referable: "
+            f"{', '.join(self.referable_labels)}; ungradable counts as referred):",
+            f"  {'':<10}{'n':>5}{'accuracy':>10}{'sensitivity':>13}{'specificity':>13}"
+            f"{'TP':>6}{'FN':>6}{'FP':>6}{'TN':>6}",
+        ]
+        for name, agreement in (("eyes", validation.eyes), ("patients", validation.patients)):
+            (tn, fp), (fn, tp) = agreement.confusion
+            lines.append(
+                f"  {name:<10}{agreement.n:>5}{_rate(agreement.accuracy):>10}"
+                f"{_rate(agreement.sensitivity):>13}{_rate(agreement.specificity):>13}"
+                f"{tp:>6}{fn:>6}{fp:>6}{tn:>6}"
+            )
+        return lines
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def summarise(
@@ -113,6 +146,9 @@ def summarise(
             Problem(ImageStatus(status).value, _shown(path, root, frame), code, reason)
             for status, path, frame, code, reason in session.execute(problems)
         ],
+        decisions=decisions(session, report.batch),
+        validation=validate(session, report.batch, settings.referable_labels),
+        referable_labels=list(settings.referable_labels),
         database=make_url(settings.resolved_database_url).render_as_string(hide_password=True),
         masks_dir=settings.masks_dir.resolve(),
         seconds=seconds,

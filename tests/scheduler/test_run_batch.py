@@ -80,6 +80,43 @@ def batch_images(session: Session) -> list[Image]:
     return list(session.scalars(select(Image).order_by(Image.id)))
 
 
+def confusion_by_hand(images: list[Image], referable: set[str]) -> dict[str, list[int]]:
+    """[TP, FN, FP, TN] per eye and per patient, from the images alone: an eye is truly
+    referable when a label of it is, and referred when a gradable image is referable or
+    none is gradable (a missing eye refers its patient); a patient likewise over its eyes."""
+    eyes: dict[tuple[int, str], list[Image]] = {}
+    for image in images:
+        if image.study_id is not None and image.label is not None:
+            eyes.setdefault((image.study_id, image.laterality or "-"), []).append(image)
+    assert eyes and all(side in "RL" for _, side in eyes)  # every delivered file had an eye
+
+    def gradable(image: Image) -> bool:
+        (prediction,) = image.predictions or [None]
+        return prediction is not None and prediction.gradable is not False
+
+    def referred(shots: list[Image]) -> bool:
+        good = [shot for shot in shots if gradable(shot)]
+        return not good or any(shot.predictions[0].referable for shot in good)
+
+    def cells(pairs: list[tuple[bool, bool]]) -> list[int]:
+        order = ((True, True), (True, False), (False, True), (False, False))  # TP FN FP TN
+        return [pairs.count(cell) for cell in order]
+
+    eye_pairs = {
+        key: (any(s.label in referable for s in shots), referred(shots))
+        for key, shots in eyes.items()
+    }
+    studies = {study for study, _ in eyes}
+    patient_pairs = [
+        (
+            any(eye_pairs.get((study, side), (False, False))[0] for side in "RL"),
+            any((study, side) not in eye_pairs or eye_pairs[study, side][1] for side in "RL"),
+        )
+        for study in studies
+    ]
+    return {"eyes": cells(list(eye_pairs.values())), "patients": cells(patient_pairs)}
+
+
 @pytest.mark.slow
 def test_a_night_ends_with_every_file_classified_or_rejected_with_its_reason(
     serving: Settings, night: Path
@@ -111,6 +148,21 @@ def test_a_night_ends_with_every_file_classified_or_rejected_with_its_reason(
     assert "mdf results --batch night" in stdout
     (started,) = events(stderr, "local_workers_started")
     assert_stopped(started["pids"])
+
+    # the manifest carries labels: a validation night, checked against a matrix by hand
+    with session_factory(serving.resolved_database_url)() as session:
+        expected = confusion_by_hand(batch_images(session), set(serving.referable_labels))
+    assert "validation against the manifest's labels (referable: inherited;" in stdout
+    for name, (tp, fn, fp, tn) in expected.items():
+        (row,) = re.findall(
+            rf"^  {name} +(\d+) +(\S+) +\S+ +\S+ +(\d+) +(\d+) +(\d+) +(\d+)$", stdout, re.M
+        )
+        n, accuracy, *matrix = row
+        assert [int(cell) for cell in matrix] == [tp, fn, fp, tn], name
+        assert (
+            int(n) == tp + fn + fp + tn == (NIGHT_IMAGES if name == "eyes" else NIGHT_IMAGES // 2)
+        )
+        assert float(accuracy) == pytest.approx((tp + tn) / int(n), abs=5e-4)
 
 
 @pytest.mark.slow
