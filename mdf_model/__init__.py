@@ -1,9 +1,11 @@
 """MDF-MLLM: LLaMA 3.2 Vision fused with a ResNet50 U-Net, for fundus screening.
 
 The model of arXiv 2509.21358 on top of transformers' ``MllamaForConditionalGeneration`` and
-segmentation-models-pytorch's ResNet50 U-Net. Two presets share all code: ``llama-3.2-11b-vision``
-(the real model, weights from a local Hugging Face directory) and ``tiny`` (the same architecture
-at toy width, built offline, for tests, the demo and CPUs).
+segmentation-models-pytorch's ResNet50 U-Net. The presets share all code: ``llama-3.2-11b-vision``
+(the real model, weights from a local Hugging Face directory, one vision tile per photograph),
+``llama-3.2-11b-vision-4-tiles`` (the same computing all four tile slots, as the released model
+does) and ``tiny`` (the same architecture at toy width, built offline, for tests, the demo and
+CPUs).
 
 Inference API
 -------------
@@ -13,7 +15,8 @@ Inference API
 
     build_tiny_checkpoint(directory, *, seed=0, labels=None, **config_changes) -> Path
     classifier = load_classifier(checkpoint_dir, device="cpu", dtype=None, *, base_dir=None,
-                                 expected_manifest_sha256=None)  # refused unless it matches
+                                 expected_manifest_sha256=None,  # refused unless it matches
+                                 vision_tiles=None)  # refused unless trained with these tiles
     classifier.version_hash  # manifest hash of the checkpoint (64 hex digits)
     classifier.labels        # list[str], from the configuration
     classifier.model         # MDFModel (an nn.Module)
@@ -74,6 +77,8 @@ Architecture choices (the paper leaves these open)
   once per call and reused at every decoding step, beside Mllama's own cached image K/V.
 - FiLM: the mean final hidden state over the prompt tokens gives (gamma, beta) per skip level
   from zero-initialised heads: exactly the identity at initialisation.
+- Vision tiles: the vision tower computes ``vision_tiles`` tile slots (1 for the 11B and tiny
+  presets), not the released model's four, of which a square photograph uses one; see tiles.py.
 - U-Net input: 512 x 512 for the 11B preset (as in the paper), 128 x 128 with a narrower decoder
   for the tiny preset (CPU speed); images are letterboxed onto a black square first.
 - Answer: ``" {label}<|end_of_text|>"`` (tiny) or ``"{label}<|eot_id|>"`` (11B chat format); the

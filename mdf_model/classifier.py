@@ -237,14 +237,17 @@ def load_classifier(
     *,
     base_dir: str | Path | None = None,
     expected_manifest_sha256: str | None = None,
+    vision_tiles: int | None = None,
 ) -> Classifier:
     """Load and verify a checkpoint directory (see `MDFModel.from_pretrained`); with
-    ``expected_manifest_sha256``, only the checkpoint of that version id."""
+    ``expected_manifest_sha256``, only the checkpoint of that version id; with
+    ``vision_tiles``, only a checkpoint trained with that many vision tiles."""
     model = MDFModel.from_pretrained(
         checkpoint_dir,
         device=device,
         dtype=dtype,
         base_dir=base_dir,
         expected_manifest_sha256=expected_manifest_sha256,
+        vision_tiles=vision_tiles,
     )
     return Classifier(model)

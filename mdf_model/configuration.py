@@ -110,6 +110,12 @@ class MDFConfig:
             are loaded from a directory, its ``config.json`` is authoritative and this field is
             overwritten with its architecture.
         labels: answer labels; the classifier scores exactly these.
+        vision_tiles: the tile slots the vision tower computes for a photograph, at most the
+            base's ``max_num_tiles``: the processor fits a photograph onto a canvas of at most
+            this many tiles. The released Llama 3.2 Vision computes all four slots, padding
+            included, and its patches attend to the padding tiles; a square photograph uses one.
+            Fewer slots change the output, so a model is trained and served with one value,
+            which its checkpoint records (see tiles.py).
         fusion_layers: text decoder layers that receive the U-Net tokens; each must be one of the
             base model's cross-attention layers.
         alpha: scale of the fused cross-attention output (initial value when learnable).
@@ -143,6 +149,7 @@ class MDFConfig:
     preset: str
     base_config: dict[str, Any]
     labels: tuple[str, ...] = ("acquired", "inherited")
+    vision_tiles: int = 1
     fusion_layers: tuple[int, ...] = ()
     alpha: float = 0.5
     alpha_learnable: bool = True
@@ -228,6 +235,13 @@ class MDFConfig:
         if len(set(folded)) != len(folded):
             raise ValueError(f"labels must be distinct (ignoring case), got {list(self.labels)}")
 
+        most = self.vision_config.get("max_num_tiles", 4)  # MllamaVisionConfig's default
+        tiles = self.vision_tiles
+        if isinstance(tiles, bool) or not isinstance(tiles, int) or not 1 <= tiles <= most:
+            raise ValueError(
+                f"vision_tiles must be an integer from 1 to the base's max_num_tiles ({most}), "
+                f"got {self.vision_tiles!r}"
+            )
         if not math.isfinite(self.alpha):
             raise ValueError(f"alpha must be finite, got {self.alpha}")
         unknown = sorted(set(self.frozen) - set(COMPONENTS))

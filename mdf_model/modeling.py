@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationConfig, MllamaForConditionalGeneration, ProcessorMixin
 
-from mdf_model import pretrained
+from mdf_model import pretrained, tiles
 from mdf_model.configuration import COMPONENTS, MDFConfig
 from mdf_model.film import SkipFiLM
 from mdf_model.fusion import MultiDepthFusion
@@ -74,6 +74,12 @@ class MDFModel(nn.Module):
     ) -> None:
         super().__init__()
         self.config = config.with_base_architecture(base.config)
+        if processor is not None and tiles.processor_tiles(processor) != config.vision_tiles:
+            raise ValueError(
+                f"the processor fits a photograph onto {tiles.processor_tiles(processor)} tiles, "
+                f"the configuration's vision_tiles is {config.vision_tiles}"
+            )
+        tiles.enable(base.model.vision_model)
         self.base = base
         self.processor = processor
         # The directory the unchanged base weights come from; a checkpoint may refer to it
@@ -221,6 +227,11 @@ class MDFModel(nn.Module):
 
     def _image_states(self, inputs: ModelInputs) -> torch.Tensor:
         """Vision tower + projector once per image -> (images, tiles * patches, hidden)."""
+        if inputs.pixel_values.shape[2] != self.config.vision_tiles:
+            raise ValueError(
+                f"inputs of {inputs.pixel_values.shape[2]} tiles for a model of vision_tiles "
+                f"{self.config.vision_tiles} (prepared with another processor?)"
+            )
         outputs = self.base.model.vision_model(
             pixel_values=inputs.pixel_values,
             aspect_ratio_ids=inputs.aspect_ratio_ids,

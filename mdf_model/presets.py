@@ -1,7 +1,9 @@
 """The named starting points of an MDF-MLLM model.
 
-``llama-3.2-11b-vision`` is the paper's model on the released base; ``tiny`` has the
-same architecture at a size that trains on a CPU in tests and the demo.
+``llama-3.2-11b-vision`` is the paper's model on the released base, computing one vision tile
+per photograph (new fine-tunes start here); ``llama-3.2-11b-vision-4-tiles`` is the same model
+computing all four tile slots as the released checkpoint does, for serving or fine-tuning that
+behaviour; ``tiny`` has the same architecture at a size that trains on a CPU in tests and the demo.
 """
 
 from __future__ import annotations
@@ -84,27 +86,35 @@ _TINY = {
     "image_token_index": TINY_VOCAB_SIZE,
 }
 
+_LLAMA = MDFConfig(
+    preset="llama-3.2-11b-vision",
+    base_config=_LLAMA_32_11B_VISION,
+    # A fundus photograph is a disc in a frame of aspect 1 to 1.5: one 560 px tile holds it.
+    vision_tiles=1,
+    fusion_layers=(3, 18, 28, 38),
+    unet_input_size=512,
+    patch_grid=8,
+    patch_pool=2,
+    # Llama 3.2 Vision Instruct chat format; the answer ends the assistant turn.
+    prompt_template=(
+        "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n<|image|>{clinical}"
+        "Is the retinal disease in this fundus photograph {labels}? "
+        "Answer with the diagnosis only.<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    ),
+    answer_template="{label}<|eot_id|>",
+)
+
 PRESETS: Mapping[str, MDFConfig] = MappingProxyType(
     {
-        "llama-3.2-11b-vision": MDFConfig(
-            preset="llama-3.2-11b-vision",
-            base_config=_LLAMA_32_11B_VISION,
-            fusion_layers=(3, 18, 28, 38),
-            unet_input_size=512,
-            patch_grid=8,
-            patch_pool=2,
-            # Llama 3.2 Vision Instruct chat format; the answer ends the assistant turn.
-            prompt_template=(
-                "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n<|image|>{clinical}"
-                "Is the retinal disease in this fundus photograph {labels}? "
-                "Answer with the diagnosis only.<|eot_id|>"
-                "<|start_header_id|>assistant<|end_header_id|>\n\n"
-            ),
-            answer_template="{label}<|eot_id|>",
+        "llama-3.2-11b-vision": _LLAMA,
+        "llama-3.2-11b-vision-4-tiles": _LLAMA.replace(
+            preset="llama-3.2-11b-vision-4-tiles", vision_tiles=4
         ),
         "tiny": MDFConfig(
             preset="tiny",
             base_config=_TINY,
+            vision_tiles=1,
             fusion_layers=(1, 3, 5, 7),
             unet_input_size=128,
             unet_decoder_channels=(64, 32, 16, 16, 8),

@@ -31,6 +31,7 @@ from mdf_model.checkpoint import (
     write_manifest,
 )
 from mdf_model.configuration import MDFConfig
+from mdf_model.tiles import processor_tiles, set_processor_tiles
 
 if TYPE_CHECKING:
     from mdf_model.modeling import MDFModel
@@ -111,11 +112,13 @@ def from_base(
 
     The U-Net (optionally from ``config.unet_encoder_weights``), projection, fusion and FiLM
     are initialised here; everything takes the base weights' dtype unless ``dtype`` is given.
+    The processor fits photographs onto ``config.vision_tiles`` tiles (and is saved so).
     Returns the model in eval mode, like ``from_pretrained``.
     """
     base_dir = Path(base_dir)
     base = _load_base(base_dir, dtype)
     processor = _load_processor(base_dir)
+    set_processor_tiles(processor, config.vision_tiles)
     weights = config.unet_encoder_weights
     with seeded(seed):
         model = cls(
@@ -138,13 +141,15 @@ def from_pretrained(
     dtype: torch.dtype | None = None,
     base_dir: str | Path | None = None,
     expected_manifest_sha256: str | None = None,
+    vision_tiles: int | None = None,
 ) -> MDFModel:
     """Load a checkpoint directory after verifying its manifest (see checkpoint.py).
 
     ``base_dir`` points a checkpoint that refers to an external base model at a new location
     of that base; its files must still match the recorded hashes. ``expected_manifest_sha256``
-    (the version id a database registered) refuses a checkpoint changed since, before any
-    weight is read. Returns the model in eval mode.
+    (the version id a database registered) refuses a checkpoint changed since, and
+    ``vision_tiles`` (what the service serves with) a checkpoint trained with another value,
+    both before any weight is read. Returns the model in eval mode.
     """
     directory = Path(directory)
     manifest = verify_manifest(
@@ -153,6 +158,12 @@ def from_pretrained(
         expected_version=expected_manifest_sha256,
     )
     config = read_config(directory, read_verified(directory, manifest, CONFIG_NAME))
+    if vision_tiles is not None and config.vision_tiles != vision_tiles:
+        raise CheckpointError(
+            f"{directory / CONFIG_NAME}: trained with vision_tiles {config.vision_tiles}, "
+            f"served with {vision_tiles}: its answers would differ from the ones it was "
+            "validated with"
+        )
 
     weight_files = {name: (directory / name).is_file() for name in (UNET_WEIGHTS, FUSION_WEIGHTS)}
     for name, present in weight_files.items():
@@ -169,8 +180,13 @@ def from_pretrained(
     else:
         raise CheckpointError(f"{included}: missing, and the manifest names no base model")
 
-    base = _load_base(base_path, dtype)
     processor = _load_processor(directory / PROCESSOR_DIR)
+    if processor_tiles(processor) != config.vision_tiles:
+        raise CheckpointError(
+            f"{directory / PROCESSOR_DIR}: fits a photograph onto {processor_tiles(processor)} "
+            f"tiles, but {CONFIG_NAME} has vision_tiles {config.vision_tiles}"
+        )
+    base = _load_base(base_path, dtype)
     try:
         model = cls(
             config,

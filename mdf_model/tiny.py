@@ -4,8 +4,9 @@
 tokenizer, processor), and `build_tiny_checkpoint` turns it into an MDF checkpoint through
 `MDFModel.from_base`, the same from-local-directory path the real Llama 3.2 11B Vision weights
 take. Random Mllama weights start with closed cross-attention gates (tanh(0) = 0: the text would
-ignore the image); the tiny base opens them, as pretraining would have, so that different images
-give different outputs and gradients reach the vision tower.
+ignore the image) and closed tile-embedding gates (the vision tower would not know where a tile
+lies on the canvas); the tiny base opens them, as pretraining would have, so that different
+images give different outputs, gradients reach the vision tower and tile positions count.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def build_offline_processor(config: MDFConfig, extra_text: Sequence[str] = ()) -
     return MllamaProcessor(
         image_processor=MllamaImageProcessor(
             size={"height": side, "width": side},
-            max_image_tiles=config.vision_config["max_num_tiles"],
+            max_image_tiles=config.vision_tiles,
         ),
         tokenizer=tokenizer,
     )
@@ -62,11 +63,18 @@ def build_tiny_base(
         raise RuntimeError("the tiny tokenizer's special token ids do not match the tiny preset")
     with seeded(seed):
         base = MllamaForConditionalGeneration(config.mllama_config())
+    vision = base.model.vision_model
     with torch.no_grad():
         for layer in base.model.language_model.layers:
             if isinstance(layer, MllamaCrossAttentionDecoderLayer):
                 layer.cross_attn_attn_gate.fill_(TINY_GATE)
                 layer.cross_attn_mlp_gate.fill_(TINY_GATE)
+        for embedding in (
+            vision.pre_tile_positional_embedding,
+            vision.post_tile_positional_embedding,
+            vision.gated_positional_embedding,
+        ):
+            embedding.gate.fill_(TINY_GATE)
     base.save_pretrained(directory)
     processor.save_pretrained(directory)
     return directory

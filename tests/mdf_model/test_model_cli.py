@@ -38,7 +38,7 @@ def test_info_of_the_11b_preset_builds_on_the_meta_device(capsys) -> None:
         info["parameters"][k] for k in ("base", "unet", "fusion", "film")
     )
     assert info["bf16_weight_bytes"] == 2 * info["parameters"]["total"]
-    assert info["vision_tiles_per_512px_image"] == {"used": 1, "computed": 4}
+    assert info["vision_tiles_per_512px_image"] == {"used": 1, "computed": 1}
     assert info["labels"] == ["acquired", "inherited"]
 
 

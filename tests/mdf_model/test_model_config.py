@@ -61,6 +61,8 @@ def test_fusion_layers_are_checked_against_the_loaded_base_model(tiny_base_dir) 
         ({"frozen": ("decoder",)}, "unknown components"),
         ({"alpha": float("nan")}, "finite"),
         ({"baseline": True, "frozen": ("unet",)}, "baseline"),
+        ({"vision_tiles": 0}, "vision_tiles must be an integer from 1"),
+        ({"vision_tiles": 5}, r"max_num_tiles \(4\)"),
     ],
 )
 def test_invalid_configurations_are_refused_with_a_reason(changes: dict, message: str) -> None:
