@@ -180,3 +180,48 @@ def test_a_listener_killed_mid_association_loses_nothing_acknowledged_and_double
     final = Counter(image.sop_uid for image in images(settings))
     assert set(final) == set(sent.values()) and max(final.values()) == 1
     assert not list((settings.resolved_dicom_spool_dir / "tmp").iterdir())
+
+
+def _certificates(folder: Path) -> dict[str, Path]:
+    """A CA, and a server and a client certificate it signed (openssl), as PEM files."""
+    folder.mkdir()
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    openssl(
+        *("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=Test CA"),
+        *("-keyout", "ca.key", "-out", "ca.crt"),
+    )
+    for name in ("server", "client"):
+        openssl(
+            *("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}"),
+            *("-keyout", f"{name}.key", "-out", f"{name}.csr"),
+        )
+        openssl(
+            *("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key"),
+            *("-CAcreateserial", "-days", "2", "-out", f"{name}.crt"),
+        )
+    return {path.name: path for path in folder.iterdir()}
+
+
+def test_with_a_certificate_the_listener_speaks_tls_only_to_peers_the_ca_signed(
+    settings: Settings, broker: redis.Redis, tmp_path: Path, storescu: str
+) -> None:
+    need("openssl", "openssl")
+    pem = _certificates(tmp_path / "tls")
+    files = list(write_instances(tmp_path / "camera", 2, study_uid="1.2.3.11"))
+    tls = {
+        "MDF_DICOM_TLS_CERT_FILE": str(pem["server.crt"]),
+        "MDF_DICOM_TLS_KEY_FILE": str(pem["server.key"]),
+        "MDF_DICOM_TLS_CA_FILE": str(pem["ca.crt"]),
+    }
+    trust = ["+cf", str(pem["ca.crt"])]
+    with listener(tmp_path, **QUIET, **tls) as running:
+        assert "Received Store Response" not in send(running.port, files[:1])  # plain DICOM
+        anonymous = send(running.port, files[:1], "+tla", *trust)
+        assert "Received Store Response" not in anonymous  # no client certificate
+        client = ["+tls", str(pem["client.key"]), str(pem["client.crt"]), *trust]
+        output = send(running.port, files, *client)
+        assert output.count("Received Store Response (Success)") == 2, output
+        wait_for(lambda: len(images(settings)) == 2, 30, "intake to register them")
