@@ -21,11 +21,18 @@ The tiny preset runs from a real tiny checkpoint. Other presets are built with r
 directly on the device (``MDFModel.from_config``, bfloat16 on a GPU: nothing is downloaded) with
 the offline tokenizer, so their prompts have other token counts than with the real tokenizer.
 
-Also printed: the FLOPs of label scoring for one 512x512 fundus image with the 11B preset,
-computed analytically from the configuration (mdf_model.flops), and the images/s a GPU
-delivering 800 TFLOP/s in bfloat16 could reach if compute were the only limit. The processor
-pads every image to the model's four 560 px tiles and the vision tower computes all of them,
-so the estimate is also given for a one-tile vision tower.
+FLOPs of label scoring (no text, no mask) are counted as executed, with torch's FLOP counter
+(attention on the math kernel, whose matrix products it sees), over a batch of photographs that
+fill one vision tile as a 512 px photograph fills the 11B preset's 560 px tile (102 px for the
+tiny preset's 112 px tiles; the throughput images are larger and use the whole canvas). Beside
+them: the same batch in the per-label reference layout (the prompt once per label), and the
+floor (mdf_model.flops.floor_flops: the vision tower on the used tile, the prompt once, each
+label's answer, the U-Net encoder once). ``flops_ratio`` = counted / floor.
+
+Also printed: the FLOPs of label scoring for one 512x512 fundus photograph with the 11B presets
+(one vision tile, and the released model's four), computed analytically from the configuration,
+and the images/s a GPU delivering 800 TFLOP/s in bfloat16 could reach if compute were the only
+limit.
 
 The output ends with ``name: value`` lines for machines.
 """
@@ -44,20 +51,24 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
 
 from mdf_model import PRESETS, Classifier, MDFConfig, MDFModel, PreparedInput, load_classifier
-from mdf_model.flops import FlopEstimate, estimate_flops
+from mdf_model.flops import FlopEstimate, estimate_flops, floor_flops
 from mdf_model.prompt import label_in_text
 from mdf_model.tiny import build_offline_processor, build_tiny_checkpoint
 
 GPU_BF16_FLOPS = 800e12
 BIG_PRESET = "llama-3.2-11b-vision"
+BIG_PRESET_4_TILES = "llama-3.2-11b-vision-4-tiles"
+FLOP_BATCH = 4
 
 
 @dataclass
 class Measurement:
     mode: str
-    tiles: str
+    tiles: int
     batch_size: int
     images: int
     seconds: float
@@ -106,11 +117,6 @@ def synthetic_fundus(count: int, size: int = 512, seed: int = 0) -> list[np.ndar
     return images
 
 
-def one_tile(config: MDFConfig) -> MDFConfig:
-    vision = {**config.vision_config, "max_num_tiles": 1, "supported_aspect_ratios": [[1, 1]]}
-    return config.replace(base_config={**config.base_config, "vision_config": vision})
-
-
 def unet_size_changes(preset: str, size: int | None) -> dict[str, int]:
     """Configuration changes for another U-Net input size (the patch pool shrinks to fit)."""
     if size is None:
@@ -121,18 +127,64 @@ def unet_size_changes(preset: str, size: int | None) -> dict[str, int]:
 
 
 def build_classifier(
-    preset: str, tiles: str, device: torch.device, scratch: Path, changes: dict[str, int]
+    preset: str, tiles: int | None, device: torch.device, scratch: Path, changes: dict[str, int]
 ) -> tuple[Classifier, str]:
-    if preset == "tiny" and tiles == "default":
-        checkpoint = build_tiny_checkpoint(scratch / "tiny", seed=0, **changes)
+    """The preset with ``tiles`` vision tiles (None: the preset's own)."""
+    if tiles is not None:
+        changes = {**changes, "vision_tiles": tiles}
+    if preset == "tiny":
+        checkpoint = build_tiny_checkpoint(scratch / f"tiny-{tiles}", seed=0, **changes)
         return load_classifier(checkpoint, device=str(device)), "tiny checkpoint"
     config = MDFConfig.from_preset(preset, **changes)
-    if tiles == "1":
-        config = one_tile(config)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = MDFModel.from_config(config, device=device, dtype=dtype).eval()
     model.processor = build_offline_processor(config, config.labels)
     return Classifier(model), f"random weights, {dtype}"
+
+
+@dataclass(frozen=True)
+class FlopCount:
+    """Per image: label scoring counted as executed (packed, and in the per-label reference
+    layout) and its floor."""
+
+    tiles: int
+    packed: float
+    per_label_rows: float
+    analytic: float
+    floor: float
+
+    @property
+    def ratio(self) -> float:
+        return self.packed / self.floor
+
+
+def count_flops(classifier: Classifier) -> FlopCount:
+    config = classifier.model.config
+    side = round(512 * config.vision_config["image_size"] / 560)
+    batch = [classifier.prepare(image) for image in synthetic_fundus(FLOP_BATCH, size=side)]
+
+    def counted(inputs) -> float:
+        with (
+            torch.inference_mode(),
+            sdpa_kernel(SDPBackend.MATH),
+            FlopCounterMode(display=False) as counter,
+        ):
+            classifier.model.score(inputs, segment=False)
+        return counter.get_total_flops() / len(batch)
+
+    sizes = {
+        "image_height": side,
+        "image_width": side,
+        "prompt_tokens": len(batch[0].prompt_ids),
+        "answer_tokens": [len(a) for a in classifier.answer_token_ids],
+    }
+    return FlopCount(
+        tiles=config.vision_tiles,
+        packed=counted(classifier.packed_scoring_inputs(batch)),
+        per_label_rows=counted(classifier.scoring_inputs(batch)),
+        analytic=estimate_flops(config, segment=False, **sizes).total,
+        floor=floor_flops(config, **sizes).total,
+    )
 
 
 def _timed(device: torch.device, work: Callable[[], None]) -> tuple[float, int | None]:
@@ -198,7 +250,7 @@ def per_image_floor(
 
 def measure(
     classifier: Classifier,
-    tiles: str,
+    tiles: int,
     images: Sequence[np.ndarray],
     batch_sizes: Sequence[int],
     naive_images: int,
@@ -239,14 +291,26 @@ def print_measurements(results: Sequence[Measurement], naive_rate: dict[str, flo
         )
 
 
+def print_flop_counts(counts: Sequence[FlopCount]) -> None:
+    print(
+        f"{'vision tiles':>12} {'counted':>10} {'analytic':>10} {'per-label rows':>14} "
+        f"{'floor':>10} {'ratio':>6}   (MFLOP per image, label scoring without masks)"
+    )
+    for c in counts:
+        print(
+            f"{c.tiles:>12} {c.packed / 1e6:>10.1f} {c.analytic / 1e6:>10.1f} "
+            f"{c.per_label_rows / 1e6:>14.1f} {c.floor / 1e6:>10.1f} {c.ratio:>6.3f}"
+        )
+
+
 def print_flops(name: str, estimate: FlopEstimate) -> None:
     print(
         f"  {name}: {estimate.total / 1e12:.2f} TFLOP per image "
         f"(vision tower {estimate.vision_tower / 1e12:.2f}, projector "
-        f"{estimate.projector / 1e12:.2f}, text {estimate.text / 1e12:.2f} for "
-        f"{estimate.rows} rows of {estimate.row_tokens} tokens, U-Net "
-        f"{estimate.unet / 1e12:.3f}, fusion {estimate.fusion / 1e12:.3f}); "
-        f"FLOP-bound {GPU_BF16_FLOPS / estimate.total:.1f} images/s at 800 TFLOP/s"
+        f"{estimate.projector / 1e12:.2f}, text {estimate.text / 1e12:.2f} for one row of "
+        f"{estimate.row_tokens} tokens, U-Net {estimate.unet / 1e12:.3f}, fusion "
+        f"{estimate.fusion / 1e12:.3f}); FLOP-bound {GPU_BF16_FLOPS / estimate.total:.1f} "
+        "images/s at 800 TFLOP/s"
     )
 
 
@@ -260,8 +324,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument(
         "--tiles",
-        help="comma-separated vision tiles to measure: 'default' (the processor's) and/or '1' "
-        "(default: 'default,1' on a GPU, 'default' elsewhere)",
+        help="comma-separated vision_tiles values to measure (default: the preset's own; "
+        "'1,4' on a GPU)",
     )
     parser.add_argument(
         "--prompt-tokens",
@@ -281,7 +345,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-    tiles = (args.tiles or ("default,1" if device.type == "cuda" else "default")).split(",")
+    tiles_arg = args.tiles or ("1,4" if device.type == "cuda" else None)
+    tiles = [None] if tiles_arg is None else [int(t) for t in tiles_arg.split(",")]
     images = synthetic_fundus(args.images)
     naive_images = min(args.naive_images or args.images, args.images)
 
@@ -294,6 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     )
     results: list[Measurement] = []
+    counts: list[FlopCount] = []
     with tempfile.TemporaryDirectory(prefix="mdf-bench-") as scratch:
         for tile in tiles:
             classifier, source = build_classifier(
@@ -306,12 +372,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             prompt_tokens = len(classifier.prepare(images[0]).prompt_ids)
             config = classifier.model.config
             print(
-                f"tiles {tile}: {source}, {classifier.model.parameter_counts()['total'] / 1e6:.1f}"
-                f" M parameters, U-Net input {config.unet_input_size}, prompt {prompt_tokens}"
-                f" tokens, labels {list(config.labels)}"
+                f"vision_tiles {config.vision_tiles}: {source}, "
+                f"{classifier.model.parameter_counts()['total'] / 1e6:.1f} M parameters, U-Net "
+                f"input {config.unet_input_size}, prompt {prompt_tokens} tokens, labels "
+                f"{list(config.labels)}"
             )
+            counts.append(count_flops(classifier))
             measured = measure(
-                classifier, tile, images, batch_sizes, naive_images, args.max_new_tokens, device
+                classifier,
+                config.vision_tiles,
+                images,
+                batch_sizes,
+                naive_images,
+                args.max_new_tokens,
+                device,
             )
             results += measured
             if tile == tiles[0]:
@@ -320,14 +394,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
 
+    first = counts[0].tiles
     naive_rate = {m.tiles: m.images_per_s for m in results if m.mode == "naive generate"}
     print()
     print_measurements(results, naive_rate)
-    default_batched = [m for m in results if m.mode == "batched scoring" and m.tiles == tiles[0]]
+    default_batched = [m for m in results if m.mode == "batched scoring" and m.tiles == first]
     best = max(default_batched, key=lambda m: m.images_per_s)
-    speedup = best.images_per_s / naive_rate[tiles[0]]
+    speedup = best.images_per_s / naive_rate[first]
     prepare_s, encoder_s = floor
-    ceiling = (1 / naive_rate[tiles[0]]) / (prepare_s + encoder_s)
+    ceiling = (1 / naive_rate[first]) / (prepare_s + encoder_s)
     print(
         f"\nbatched scoring (b) / naive generate (a): {speedup:.1f}x at batch size "
         f"{best.batch_size} (goal: at least 10x)"
@@ -335,25 +410,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"per image at batch size {best.batch_size}, paid by (a) and (b) alike: preparation "
         f"{prepare_s * 1000:.1f} ms, U-Net encoder {encoder_s * 1000:.1f} ms; (a) takes "
-        f"{1000 / naive_rate[tiles[0]]:.1f} ms, so no batching of the rest can exceed "
+        f"{1000 / naive_rate[first]:.1f} ms, so no batching of the rest can exceed "
         f"{ceiling:.1f}x here"
     )
 
-    big = PRESETS[BIG_PRESET]
-    default_flops = estimate_flops(big, prompt_tokens=args.prompt_tokens)
-    one_tile_flops = estimate_flops(one_tile(big), prompt_tokens=args.prompt_tokens)
+    print()
+    print_flop_counts(counts)
+
+    big = estimate_flops(PRESETS[BIG_PRESET], prompt_tokens=args.prompt_tokens)
+    big_4 = estimate_flops(PRESETS[BIG_PRESET_4_TILES], prompt_tokens=args.prompt_tokens)
     print(
-        f"\n{BIG_PRESET}, label scoring of one 512x512 fundus image "
-        f"({args.prompt_tokens}-token prompt, {len(big.labels)} labels): the processor uses "
-        f"{default_flops.tiles_used} of the {default_flops.tiles_computed} 560 px tiles it "
-        "computes"
+        f"\nlabel scoring with masks of one 512x512 fundus photograph "
+        f"({args.prompt_tokens}-token prompt, {len(PRESETS[BIG_PRESET].labels)} labels), which "
+        f"uses {big.tiles_used} 560 px tile:"
     )
-    print_flops(f"{default_flops.tiles_computed} tiles (processor default)", default_flops)
-    print_flops("1 tile", one_tile_flops)
+    print_flops(f"{BIG_PRESET} ({big.tiles_computed} tile computed)", big)
+    print_flops(f"{BIG_PRESET_4_TILES} ({big_4.tiles_computed} tiles computed)", big_4)
 
     memory = "cuda_max_memory_allocated" if device.type == "cuda" else "rss_high_water_mark"
     print()
-    print(f"naive_images_per_s: {naive_rate[tiles[0]]:.3f}")
+    print(f"naive_images_per_s: {naive_rate[first]:.3f}")
     print(f"batched_images_per_s: {best.images_per_s:.3f}")
     print(f"best_batch_size: {best.batch_size}")
     print(f"speedup: {speedup:.2f}")
@@ -362,10 +438,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"unet_encoder_ms_per_image: {encoder_s * 1000:.2f}")
     print(f"memory_measure: {memory}")
     print(f"peak_memory_bytes_best: {best.peak_bytes}")
-    print(f"flops_per_image: {default_flops.total:.4g}")
-    print(f"flops_per_image_one_tile: {one_tile_flops.total:.4g}")
-    print(f"flop_bound_images_per_s: {GPU_BF16_FLOPS / default_flops.total:.2f}")
-    print(f"flop_bound_images_per_s_one_tile: {GPU_BF16_FLOPS / one_tile_flops.total:.2f}")
+    print(f"vision_tiles: {counts[0].tiles}")
+    print(f"flops_per_image: {counts[0].packed:.4g}")
+    print(f"flops_per_image_per_label_rows: {counts[0].per_label_rows:.4g}")
+    print(f"flops_analytic_per_image: {counts[0].analytic:.4g}")
+    print(f"flops_floor_per_image: {counts[0].floor:.4g}")
+    print(f"flops_ratio: {counts[0].ratio:.3f}")
+    for count in counts[1:]:
+        print(f"flops_ratio_{count.tiles}_tiles: {count.ratio:.3f}")
+    print(f"scoring_flops_per_512px_image_11b: {big.total:.4g}")
+    print(f"scoring_flops_per_512px_image_11b_4_tiles: {big_4.total:.4g}")
+    print(f"flop_bound_images_per_s_11b: {GPU_BF16_FLOPS / big.total:.2f}")
+    print(f"flop_bound_images_per_s_11b_4_tiles: {GPU_BF16_FLOPS / big_4.total:.2f}")
     return 0
 
 
