@@ -1,8 +1,9 @@
 """``mdf report BATCH``: one self-contained HTML page about a night's batch.
 
 ``figures`` reads the numbers, ``charts`` draws them as SVG, ``thumbnails`` makes the
-pictures and ``page`` puts it all into HTML. Like ``mdf results`` it shows patients
-only as pseudonyms and leaves file names out.
+pictures (the masks over the photographs) and ``page`` puts it all into HTML. Like
+``mdf results`` it shows patients only as pseudonyms and leaves file names and study
+keys out.
 """
 
 from __future__ import annotations
@@ -18,15 +19,15 @@ from mdf.settings import Settings
 __all__ = ["UnknownBatch", "build_report", "write_report"]
 
 
-def build_report(database_url: str, batch: str) -> str:
-    with session_factory(database_url)() as session:
-        figures = batch_figures(session, batch)
+def build_report(settings: Settings, batch: str) -> str:
+    with session_factory(settings.resolved_database_url)() as session:
+        figures = batch_figures(session, batch, referable_labels=settings.referable_labels)
     return render(figures)
 
 
 def write_report(settings: Settings, batch: str, out: Path | None = None) -> Path:
     """Write the report to ``out``, by default ``<data dir>/reports/<batch>.html``."""
-    html = build_report(settings.resolved_database_url, batch)
+    html = build_report(settings, batch)
     path = out or settings.data_dir / "reports" / f"{re.sub(r'[^A-Za-z0-9._-]', '_', batch)}.html"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(html, encoding="utf-8")
