@@ -25,7 +25,8 @@ from training.config import TrainConfig
 from training.dataset import PreparedSet, labelled_examples, prepare
 from training.metrics import Evaluation, evaluate
 from training.promotion import decide
-from training.splits import Example, split_by_patient, split_by_source
+from training.referral import choose_thresholds, measure_thresholds
+from training.splits import Example, Split, split_by_patient, split_by_source
 from training.trainer import History, Trainer, apply_strategy
 
 log = structlog.get_logger(__name__)
@@ -52,6 +53,7 @@ class Scored:
     evaluation: Evaluation
     truth: list[str]
     scores: list[float]  # probability of the last label, for the ROC
+    probabilities: list[dict[str, float]]  # every label's, for the referral thresholds
 
 
 def score(classifier, prepared: PreparedSet, batch_size: int = 16) -> Scored:
@@ -67,7 +69,12 @@ def score(classifier, prepared: PreparedSet, batch_size: int = 16) -> Scored:
         [r.probabilities for r in results],
         [r.text_label for r in results],
     )
-    return Scored(evaluation, truth, [r.probabilities[classifier.labels[-1]] for r in results])
+    return Scored(
+        evaluation,
+        truth,
+        [r.probabilities[classifier.labels[-1]] for r in results],
+        [dict(r.probabilities) for r in results],
+    )
 
 
 def load_for_training(path: Path, config: TrainConfig):
@@ -86,15 +93,20 @@ def load_for_training(path: Path, config: TrainConfig):
     return classifier
 
 
+def validation_split(examples: list[Example], config: TrainConfig) -> Split:
+    """The patients training stops on (``train_on``) and referral thresholds are set on."""
+    return split_by_patient(
+        examples, eval_fraction=config.validation_fraction, seed=config.seed + 1
+    )
+
+
 def train_on(
     start: Path, examples: list[Example], config: TrainConfig, state: Path | None = None
 ) -> tuple[Any, History]:
     """Fine-tune a copy of ``start`` on ``examples`` (a patient-grouped part validates);
     ``state`` is where training resumes from and saves to after every epoch."""
     classifier = load_for_training(start, config)
-    split = split_by_patient(
-        examples, eval_fraction=config.validation_fraction, seed=config.seed + 1
-    )
+    split = validation_split(examples, config)
     train, validation = prepare(classifier, split.train), prepare(classifier, split.evaluation)
     if not train.inputs or not validation.inputs:
         raise ValueError(
@@ -198,6 +210,14 @@ class Runner:
         held_out = prepare(classifier, split.evaluation)
         challenger = score(classifier, held_out)
         metrics: dict[str, Any] = {"random_patient": challenger.evaluation.to_dict()}
+        referral = self._referral(classifier, validation_split(split.train, config), labels)
+        metrics["referral"] = {
+            "target_sensitivity": referral["target_sensitivity"],
+            "validation": referral["labels"],
+            "random_patient": measure_thresholds(
+                referral, challenger.truth, challenger.probabilities
+            ),
+        }
         if config.image_only_eval:
             image_only = prepare(classifier, split.evaluation, with_text=False)
             metrics["image_only"] = score(classifier, image_only).evaluation.to_dict()
@@ -260,6 +280,7 @@ class Runner:
                 name=f"run{run_id:04d}-{version_hash[:8]}",
                 preset=classifier.model.config.preset,
                 metrics=metrics["random_patient"],
+                referral=referral,
             )
             row = session.get_one(TrainingRun, run_id)
             row.status, row.finished_at = "finished", utcnow()
@@ -277,6 +298,16 @@ class Runner:
             name = version.name
         log.info("training_run_finished", version=name, promoted=promoted, reason=decision.reason)
         return RunResult(run_id, name, promoted, decision.reason, metrics, report_path, 0.0)
+
+    def _referral(self, classifier: Any, validation: Split, labels: list[str]) -> dict[str, Any]:
+        """Each referable label's threshold, set on the validation patients' images."""
+        scored = score(classifier, prepare(classifier, validation.evaluation))
+        return choose_thresholds(
+            scored.truth,
+            scored.probabilities,
+            [label for label in self.settings.referable_labels if label in labels],
+            self.settings.referral_target_sensitivity,
+        )
 
 
 def train_and_evaluate(config: TrainConfig, settings: Settings) -> RunResult:

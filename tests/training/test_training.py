@@ -211,7 +211,12 @@ def test_a_training_run_is_recorded_and_the_first_challenger_promoted(
     result = train_and_evaluate(config, labelled_night)
 
     assert result.promoted and "no champion" in result.reason
-    assert set(result.metrics) == {"random_patient", "image_only"}
+    assert set(result.metrics) == {"random_patient", "image_only", "referral"}
+    # the referral threshold was set on the validation patients to catch 90% of them
+    chosen = result.metrics["referral"]["validation"]["inherited"]
+    assert chosen["sensitivity"] >= 0.9 and chosen["positives"] > 0
+    assert 0 <= chosen["threshold"] <= 1
+    assert set(result.metrics["referral"]["random_patient"]) == {"inherited"}
     report = json.loads(result.report.read_text())
     assert report["data"]["labelled_images"] == 24
     assert len(report["history"]["train"]) == 2
@@ -226,6 +231,7 @@ def test_a_training_run_is_recorded_and_the_first_challenger_promoted(
         version = session.scalar(select(ModelVersion).where(ModelVersion.is_promoted))
         assert run.status == "finished" and run.promoted and run.challenger_version_id == version.id
         assert session.scalar(select(Promotion.training_run_id)) == run.id
+        assert version.referral == {"target_sensitivity": 0.9, "labels": {"inherited": chosen}}
     trained = load_classifier(version.path)
     assert trained.version_hash == version.manifest_sha256
     after = trained.model.unet.state_dict()
