@@ -207,6 +207,15 @@ class Settings(BaseSettings):
         default=5, ge=0, le=20, description="Retries of a failed DICOMweb request, with backoff."
     )
 
+    # Observability: Prometheus metrics of the long-running processes (mdf/metrics.py).
+    metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Port where `mdf scheduler` and `mdf worker` serve Prometheus metrics at "
+        "/metrics, on every interface; unset: no metrics served.",
+    )
+
     @field_validator("dicom_allowed_aes", "dicomweb_sources", "dicomweb_modalities", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:

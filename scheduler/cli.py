@@ -103,10 +103,15 @@ def _run_batch(args: argparse.Namespace, settings: Settings) -> int:
 
 def _scheduler(args: argparse.Namespace, settings: Settings) -> int:
     import scheduler.tasks  # noqa: F401  (registers the tasks this process serves)
+    from db.metrics import ImageMetrics
+    from db.session import session_factory
     from mdf.celery_app import INTAKE_QUEUE, create_app
+    from mdf.metrics import QueueDepth, serve
 
     settings.resolved_pseudonym_key()  # refuse to start rather than fail every nightly scan
     app = create_app(settings)
+    sessions = session_factory(settings.resolved_database_url)
+    serve(settings.metrics_port, ImageMetrics(sessions), QueueDepth(settings))
     app.worker_main(
         [
             "worker",

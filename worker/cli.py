@@ -71,6 +71,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
     from db.session import session_factory
     from mdf.celery_app import INFERENCE_QUEUE, create_app
+    from mdf.metrics import device_collectors, serve
 
     if args.device:
         settings = settings.model_copy(update={"device": args.device})
@@ -112,6 +113,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
             raise CommandError(str(error)) from error
 
     app = create_app(settings)
+    serve(settings.metrics_port, *device_collectors(settings.device))
 
     def on_ready(**_: object) -> None:
         log.info("worker_ready", queues=queues, device=settings.device, burst=args.burst)

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.model_versions import promoted_version, register_version
 from db.session import session_factory
+from mdf.metrics import observe_model
 
 log = structlog.get_logger(__name__)
 
@@ -186,6 +187,7 @@ class ModelServer:
     def _swap(self, served: ServedModel) -> ServedModel:
         previous = self._served.name if self._served else None
         self._served = served
+        observe_model(served.name)
         log.info("model_serving", model_version=served.name, previous=previous)
         return served
 

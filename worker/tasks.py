@@ -9,6 +9,7 @@ scheduler's ``requeue`` finds and re-sends them; the task says so in the log.
 from __future__ import annotations
 
 import socket
+import time
 from typing import Any
 
 import structlog
@@ -17,6 +18,7 @@ from celery import Task, shared_task
 from db.session import session_factory
 from mdf.celery_app import CLASSIFY_CHUNK, app_settings
 from mdf.logs import summarise_error
+from mdf.metrics import observe_chunk
 from worker.inference import TRANSIENT_ERRORS, Pipeline
 from worker.serving import model_server
 
@@ -73,4 +75,7 @@ def classify_chunk(self: Task, image_ids: list[int]) -> dict[str, int]:
     ):
         # The task's id names the claim: a retry of this task takes its images back at once,
         # while another delivery of the same chunk leaves them to this one's live claim.
-        return pipeline.run(image_ids, token=self.request.id).counts()
+        started = time.perf_counter()
+        counts = pipeline.run(image_ids, token=self.request.id).counts()
+        observe_chunk(time.perf_counter() - started, counts)
+        return counts
