@@ -85,7 +85,7 @@ class Listener:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        wait_for(self.ready, 30, "the listener to listen")
+        wait_for(self.ready, 60, "the listener to listen")
 
     def ready(self) -> bool:
         if self.process.poll() is not None:
@@ -156,7 +156,7 @@ class Orthanc:
             self.process = subprocess.Popen(
                 [self.program, str(self.config)], env=env, stdout=log, stderr=subprocess.STDOUT
             )
-        wait_for(self.answers, 30, "Orthanc to answer")
+        wait_for(self.answers, 60, "Orthanc to answer")
 
     def answers(self) -> bool:
         assert self.process is not None

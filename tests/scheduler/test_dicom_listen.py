@@ -84,7 +84,7 @@ def test_each_transfer_syntax_is_received_and_registered_without_identity_in_the
             output = send(running.port, [path], PROPOSE[name])
             assert "Received Store Response (Success)" in output, (name, output)
         wait_for(lambda: len(images(settings)) == len(files), 30, "intake to register them")
-        wait_for(lambda: b"images_enqueued" in running.log.read_bytes(), 10, "the queueing")
+        wait_for(lambda: b"images_enqueued" in running.log.read_bytes(), 30, "the queueing")
     registered = images(settings)
     assert {image.sop_uid for image in registered} == {f"{study}.{i}" for i in range(5)}
     assert {image.status for image in registered} == {ImageStatus.QUEUED}
@@ -153,7 +153,7 @@ def test_a_listener_killed_mid_association_loses_nothing_acknowledged_and_double
             stderr=subprocess.STDOUT,
         )
     incoming = settings.resolved_dicom_spool_dir / "incoming"
-    wait_for(lambda: len(list(incoming.rglob("*.dcm"))) >= 30, 60, "30 instances to arrive")
+    wait_for(lambda: len(list(incoming.rglob("*.dcm"))) >= 30, 120, "30 instances to arrive")
     first.process.send_signal(signal.SIGKILL)
     first.process.wait()
     sender.wait(timeout=60)
@@ -163,13 +163,13 @@ def test_a_listener_killed_mid_association_loses_nothing_acknowledged_and_double
     env["MDF_DICOM_STUDY_QUIET_S"] = "0.5"
     second = Listener(tmp_path, port, env)
     try:
-        wait_for(lambda: len(images(settings)) >= len(acked), 60, "the spool to be registered")
-        wait_for(lambda: b"images_enqueued" in second.log.read_bytes(), 10, "the queueing")
+        wait_for(lambda: len(images(settings)) >= len(acked), 120, "the spool to be registered")
+        wait_for(lambda: b"images_enqueued" in second.log.read_bytes(), 30, "the queueing")
         after_restart = images(settings)
         # A camera whose association broke sends the whole study again.
         output = send(port, files)
         assert output.count("Received Store Response (Success)") == len(files)
-        wait_for(lambda: len(images(settings)) == len(files), 60, "the resent study")
+        wait_for(lambda: len(images(settings)) == len(files), 120, "the resent study")
     finally:
         second.stop()
     registered = Counter(image.sop_uid for image in after_restart)
