@@ -107,6 +107,7 @@ def _models(args: argparse.Namespace, settings: Settings) -> int:
                 "created_at": v.created_at.isoformat(),
                 "preset": v.preset,
                 "accuracy": (v.metrics or {}).get("accuracy"),
+                "referral": v.referral,  # thresholds training set (training.referral)
                 "path": v.path,
             }
             for v in versions
@@ -114,11 +115,16 @@ def _models(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"  {'name':<22}{'created':<21}{'accuracy':>9}  path")
+    print(f"  {'name':<22}{'created':<21}{'accuracy':>9}  {'referral from':<24}path")
     for row in rows:
         mark = "*" if row["promoted"] else " "
         accuracy = f"{row['accuracy']:.3f}" if row["accuracy"] is not None else "-"
-        print(f"{mark} {row['name']:<22}{row['created_at'][:19]:<21}{accuracy:>9}  {row['path']}")
+        chosen = (row["referral"] or {}).get("labels", {})
+        referral = " ".join(f"{label}>={t['threshold']:.3f}" for label, t in chosen.items())
+        print(
+            f"{mark} {row['name']:<22}{row['created_at'][:19]:<21}{accuracy:>9}  "
+            f"{referral or '-':<24}{row['path']}"
+        )
     return 0
 
 

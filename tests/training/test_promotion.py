@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+from in_process import mdf_command
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -118,3 +120,29 @@ def test_two_promoted_versions_are_impossible(database_url: str) -> None:
         _version(session, "b")
     with pytest.raises(IntegrityError), sessions.begin() as session:
         session.execute(update(ModelVersion).values(is_promoted=True))
+
+
+def test_mdf_models_shows_each_versions_referral_thresholds(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    chosen = {"threshold": 0.4125, "sensitivity": 0.92, "specificity": 0.7}
+    with session_factory(database_url).begin() as session:
+        register_version(
+            session,
+            path=Path("/ckpt/t"),
+            manifest_sha256="t" * 64,
+            labels=LABELS,
+            name="trained",
+            referral={"target_sensitivity": 0.9, "labels": {"inherited": chosen}},
+        )
+        _version(session, "u")
+    monkeypatch.setenv("MDF_DATABASE_URL", database_url)
+    with mdf_command(capsys) as mdf:
+        code, table, _ = mdf("models")
+        assert code == 0
+        _, listed, _ = mdf("models", "--json")
+    lines = {line.split()[0]: line for line in table.splitlines()[1:]}  # none promoted
+    assert "inherited>=0.412" in lines["trained"] and " - " in lines["u"]
+    referral = {row["name"]: row["referral"] for row in json.loads(listed)}
+    assert referral == {"trained": {"target_sensitivity": 0.9, "labels": {"inherited": chosen}},
+                        "u": None}  # fmt: skip

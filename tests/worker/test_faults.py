@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from worker_processes import RedisServer, TcpProxy, run_mdf, wait_for
 
 from db.lifecycle import ImageStatus
-from db.models import Image
+from db.models import Image, Prediction
 from mdf.celery_app import INFERENCE_QUEUE
 from mdf.settings import Settings
 from scheduler.dispatch import send_chunks
@@ -194,7 +194,7 @@ def test_tasks_retry_through_a_database_outage(
     assert '"event": "chunk_given_up"' not in worker.log()
 
 
-def test_a_poisoned_image_fails_alone_and_its_chunk_mates_succeed(
+def test_a_picture_the_model_refuses_is_ungradable_alone_and_its_chunk_mates_succeed(
     worker_settings: Settings,
     sessions: sessionmaker[Session],
     start_worker,
@@ -202,7 +202,8 @@ def test_a_poisoned_image_fails_alone_and_its_chunk_mates_succeed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Intake lets 24-pixel pictures through here, but the model needs 32: the file decodes,
-    # then preprocessing refuses it.
+    # is assessed ungradable, and the model refuses it. That is an outcome, not a failure:
+    # done, ungradable, without an answer, while the rest of its chunk is classified.
     settings = _with(monkeypatch, MDF_MIN_IMAGE_SIDE="16")
     inbox = _inbox(tmp_path / "inbox", 3)
     poison = np.zeros((24, 24, 3), dtype=np.uint8)
@@ -215,16 +216,18 @@ def test_a_poisoned_image_fails_alone_and_its_chunk_mates_succeed(
     assert worker.process.wait(FINISH_S) == 0, worker.log()[-3000:]
     with sessions() as session:
         rows = session.execute(
-            sa.select(Image.source_path, Image.status, Image.reason_code, Image.reason)
+            sa.select(Image.source_path, Image.status, Prediction.gradable, Prediction.label).join(
+                Prediction
+            )
         ).all()
-    outcome = {Path(path).name: (status, code, reason) for path, status, code, reason in rows}
-    status, code, reason = outcome.pop("tiny.jpg")
-    assert (status, code) == (ImageStatus.FAILED, "unusable_image")
-    assert "need at least 32" in reason
+    outcome = {Path(path).name: tuple(rest) for path, *rest in rows}
+    assert outcome.pop("tiny.jpg") == (ImageStatus.DONE, False, None)
     assert {status for status, _, _ in outcome.values()} == {ImageStatus.DONE}
-    assert len(predictions_per_image(sessions)) == 3
+    assert all(label is not None for _, _, label in outcome.values())
     (chunk,) = worker.events("chunk_finished")  # all four in one chunk, one forward pass
-    assert (chunk["images"], chunk["written"], chunk["failed"]) == (4, 3, 1)
+    assert (chunk["images"], chunk["written"], chunk["failed"]) == (4, 4, 0)
+    (tiny,) = [e for e in worker.events("image_classified") if e["label"] is None]
+    assert tiny["gradable"] is False and tiny["quality_reason"]
 
 
 def test_two_workers_on_one_queue_never_predict_an_image_twice(
