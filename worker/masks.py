@@ -7,9 +7,9 @@ U-Net's side, ``mdf_model.inputs``); its mask holds each channel's sigmoid proba
 probabilities, not as a thresholded mask, so a grader sees how sure the model was at every
 source pixel. Pillow resamples that sub-pixel region in one call (``resize(box=...)``),
 and PNG is written with zlib's run-length strategy: smooth probability maps come out about
-an eighth larger than with zlib's defaults in a third of the time (``bench/masks.py``
-prints both, per 3504x2336 photograph). A chunk's channels are written by a pool of
-threads, since Pillow resizes and encodes without holding the GIL.
+an eighth larger than with zlib's defaults, for half the CPU time
+(``bench/masks.py`` prints both, per 3504x2336 photograph). A chunk's channels are
+written by a pool of threads, since Pillow resizes and encodes without holding the GIL.
 
 Files are ``<image id>.<channel>.png`` in one folder per model version, each written
 through a temporary file and a rename, so a reader never sees half a PNG and a re-delivered
