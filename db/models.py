@@ -4,6 +4,7 @@ Tables follow the life of a photograph: a ``Batch`` (one night's delivery) holds
 ``Image`` rows (one per file, or per frame of a multi-frame DICOM) grouped in
 ``Study`` rows; each image gets ``Prediction`` rows, one per ``ModelVersion``.
 ``TrainingRun`` and ``Promotion`` record how model versions were made and chosen.
+``Delivery`` rows follow each result object sent back to a PACS (``delivery/``).
 Analysts read the ``study_results``, ``study_rollup`` and ``screening_outcomes`` views
 (see the migrations).
 """
@@ -258,9 +259,56 @@ class Promotion(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class DeliveryStatus(enum.StrEnum):
+    """Where a result object stands with one destination: to be sent, sent, or its last
+    attempt failed (it is tried again until the retries run out, then by hand)."""
+
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+class Delivery(Base):
+    """One result object (a study's SR, a source instance's SEG) for one destination.
+
+    The object's SOP Instance UID derives from its study, model version and kind, so one
+    object sent twice replaces itself at the destination; one row per (object, destination)
+    counts every attempt. ``reason`` is why the last failed attempt failed, kept once a later
+    attempt succeeds. A sender holds the row while ``lease_expires_at`` is in the future.
+    """
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("sop_instance_uid", "destination", name="uq_deliveries_object"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    # The (first frame's) image a SEG segments; NULL for the study's SR.
+    image_id: Mapped[int | None] = mapped_column(ForeignKey("images.id"))
+    kind: Mapped[str] = mapped_column(String(8))  # sr | seg
+    sop_instance_uid: Mapped[str] = mapped_column(String(64))
+    destination: Mapped[str] = mapped_column(String(300))  # never a password
+    status: Mapped[DeliveryStatus] = mapped_column(
+        Enum(
+            DeliveryStatus, name="delivery_status", values_callable=lambda e: [m.value for m in e]
+        ),
+        default=DeliveryStatus.PENDING,
+    )
+    attempts: Mapped[int] = mapped_column(default=0)
+    reason: Mapped[str | None] = mapped_column(Text)
+    lease_expires_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    attempted_at: Mapped[datetime | None]
+    sent_at: Mapped[datetime | None]
+
+
 __all__ = [
     "Base",
     "Batch",
+    "Delivery",
+    "DeliveryStatus",
     "Image",
     "ImagePath",
     "ImageStatus",
