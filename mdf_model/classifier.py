@@ -4,8 +4,9 @@ Every study gets a label and a probability from label scoring, even when the gen
 names no label (the paper's "None" failure): one batched, teacher-forced forward pass scores
 the answer continuation of every label for every image, and the scores are normalised over the
 labels. Each image's prompt runs once in that pass, its label answers packed behind it. The
-generated text (the paper's way) comes from one batched ``generate()`` call and is kept beside
-it with the label it names and whether the two agree.
+generated text (the paper's way) comes from one batched ``generate()`` call that continues from
+that pass (its prompt keys and values, image states and U-Net tokens), and is kept beside the
+scores with the label it names and whether the two agree.
 """
 
 from __future__ import annotations
@@ -54,6 +55,14 @@ def _evaluating(model: MDFModel) -> Iterator[None]:
         yield
     finally:
         model.train(was_training)
+
+
+def _bf16_on_gpu(device: torch.device) -> contextlib.AbstractContextManager:
+    """bfloat16 matrix products on a GPU (its tensor cores' format) whatever the weights'
+    dtype; on the CPU the weights' own dtype, so CPU results stay exact."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 class Classifier:
@@ -158,23 +167,27 @@ class Classifier:
         segment: bool = True,
         max_new_tokens: int = 16,
     ) -> list[ClassificationResult]:
-        """Label scores from one batched forward pass; text from one batched ``generate()``;
-        ``segment=False`` skips the mask (empty, shape (0, 0, 0)) and the work that makes it."""
+        """Label scores from one batched forward pass over the whole batch (vision tower,
+        U-Net and prompt once per image); text continues from that pass in one batched
+        ``generate()``; ``segment=False`` skips the mask (empty, shape (0, 0, 0)) and the work
+        that makes it. On a GPU the matrix products run in bfloat16."""
         if not batch:
             return []
         labels = self.labels
-        with torch.inference_mode(), _evaluating(self.model):
-            scores, seg_logits = self.model.score(
-                self.packed_scoring_inputs(batch), segment=segment
-            )
-            probabilities = torch.softmax(scores.view(len(batch), len(labels)), dim=-1).cpu()
-            texts = [""] * len(batch)
+        scoring = self.packed_scoring_inputs(batch)
+        texts = [""] * len(batch)
+        with torch.inference_mode(), _evaluating(self.model), _bf16_on_gpu(self.model.device):
             if generate_text:
-                inputs = self.generation_inputs(batch)
-                sequences = self.model.generate(inputs, max_new_tokens=max_new_tokens)
-                texts = self.processor.tokenizer.batch_decode(
-                    sequences[:, inputs.input_ids.shape[1] :], skip_special_tokens=True
+                prompts = self.generation_inputs(batch)
+                scores, seg_logits, sequences = self.model.score_and_generate(
+                    scoring, prompts, segment=segment, max_new_tokens=max_new_tokens
                 )
+                texts = self.processor.tokenizer.batch_decode(
+                    sequences[:, prompts.input_ids.shape[1] :], skip_special_tokens=True
+                )
+            else:
+                scores, seg_logits = self.model.score(scoring, segment=segment)
+            probabilities = torch.softmax(scores.view(len(batch), len(labels)), dim=-1).cpu()
             if seg_logits is None:
                 masks = [np.zeros((0, 0, 0), dtype=np.uint8)] * len(batch)
             else:

@@ -12,7 +12,8 @@ Data flow of one forward pass (``rows`` text rows over ``images`` images)::
 The vision tower and the U-Net run once per image; their outputs are shared by the image's rows.
 Label scoring packs an image's prompt and all its label answers into one row (see
 `mdf_model.inputs.collate`), so the prompt, the image's cross-attention keys and values and the
-fusion's U-Net keys and values are computed once per image too.
+fusion's U-Net keys and values are computed once per image too. `MDFModel.score_and_generate`
+continues text generation from that pass, so the text costs its decoding steps only.
 """
 
 from __future__ import annotations
@@ -26,7 +27,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import GenerationConfig, MllamaForConditionalGeneration, ProcessorMixin
+from transformers import (
+    DynamicCache,
+    GenerationConfig,
+    MllamaForConditionalGeneration,
+    ProcessorMixin,
+)
 
 from mdf_model import pretrained, tiles
 from mdf_model.configuration import COMPONENTS, MDFConfig
@@ -225,13 +231,16 @@ class MDFModel(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def _image_states(self, inputs: ModelInputs) -> torch.Tensor:
-        """Vision tower + projector once per image -> (images, tiles * patches, hidden)."""
+    def _check_tiles(self, inputs: ModelInputs) -> None:
         if inputs.pixel_values.shape[2] != self.config.vision_tiles:
             raise ValueError(
                 f"inputs of {inputs.pixel_values.shape[2]} tiles for a model of vision_tiles "
                 f"{self.config.vision_tiles} (prepared with another processor?)"
             )
+
+    def _image_states(self, inputs: ModelInputs) -> torch.Tensor:
+        """Vision tower + projector once per image -> (images, tiles * patches, hidden)."""
+        self._check_tiles(inputs)
         outputs = self.base.model.vision_model(
             pixel_values=inputs.pixel_values,
             aspect_ratio_ids=inputs.aspect_ratio_ids,
@@ -263,10 +272,12 @@ class MDFModel(nn.Module):
         return additive.masked_fill(~inputs.packed_mask, torch.finfo(dtype).min)[:, None]
 
     def _run(
-        self, inputs: ModelInputs, *, segment: bool = True
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Hidden states (rows, L, hidden) and segmentation logits (images, C, N, N), or None
-        for a baseline model or when ``segment`` is False (no FiLM, no decoder)."""
+        self, inputs: ModelInputs, *, segment: bool = True, cache: DynamicCache | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Hidden states (rows, L, hidden), segmentation logits (images, C, N, N), or None for
+        a baseline model or when ``segment`` is False (no FiLM, no decoder), and the U-Net
+        tokens (None for a baseline model). With ``cache``, the keys and values of every
+        layer are kept in it."""
         per_image = inputs.rows_per_image
         image_states = self._image_states(inputs).repeat_interleave(per_image, dim=0)
         features = skips = tokens = None
@@ -279,18 +290,19 @@ class MDFModel(nn.Module):
                 position_ids=inputs.position_ids,
                 cross_attention_states=image_states,
                 cross_attention_mask=inputs.cross_attention_mask,
-                use_cache=False,
+                past_key_values=cache,
+                use_cache=cache is not None,
             ).last_hidden_state
         if self.unet is None or not segment:
-            return hidden, None
+            return hidden, None, tokens
         # The prompt part of an image's rows is the same in each row (causal attention).
         prompt = inputs.prompt_mask[::per_image, :, None].to(hidden.dtype)
         pooled = (hidden[::per_image] * prompt).sum(1) / prompt.sum(1).clamp(min=1)
-        return hidden, self.unet.decode(features, self.film(pooled, skips))
+        return hidden, self.unet.decode(features, self.film(pooled, skips)), tokens
 
     def forward(self, inputs: ModelInputs) -> MDFOutput:
         """Teacher-forced forward for training: logits, answer loss and segmentation loss."""
-        hidden, seg_logits = self._run(inputs)
+        hidden, seg_logits, _ = self._run(inputs)
         logits = self.base.lm_head(hidden)
         lm_loss = None
         if inputs.lm_labels is not None:
@@ -333,7 +345,10 @@ class MDFModel(nn.Module):
         materialise a (rows, L, vocab) tensor."""
         if inputs.lm_labels is None or inputs.answer_segments is None:
             raise ValueError("score() needs rows with answers (lm_labels)")
-        hidden, seg_logits = self._run(inputs, segment=segment)
+        hidden, seg_logits, _ = self._run(inputs, segment=segment)
+        return self._answer_scores(inputs, hidden), seg_logits
+
+    def _answer_scores(self, inputs: ModelInputs, hidden: torch.Tensor) -> torch.Tensor:
         segments = inputs.answer_segments
         row, position = (inputs.lm_labels != IGNORE_INDEX).nonzero(as_tuple=True)
         segment_of = segments[row, position]
@@ -348,21 +363,24 @@ class MDFModel(nn.Module):
         token_scores = log_probs[index, inputs.lm_labels[row, position]]
         answers = int(segments.amax())
         scores = torch.zeros(segments.shape[0] * answers, device=token_scores.device)
-        return scores.index_add(0, row * answers + segment_of - 1, token_scores), seg_logits
+        return scores.index_add(0, row * answers + segment_of - 1, token_scores)
 
-    @torch.no_grad()
-    def generate(self, inputs: ModelInputs, *, max_new_tokens: int = 16, **kwargs: Any) -> Any:
-        """Greedy ``generate()`` of the base model with fusion on; returns what it returns
-        (prompt + new tokens, or a dict with ``return_dict_in_generate=True``)."""
-        tokens = None
-        if self.unet is not None:
-            tokens = self._unet_tokens(inputs, for_decoder=False)[2]
-        settings = GenerationConfig(
+    def _generation_config(self, max_new_tokens: int) -> GenerationConfig:
+        return GenerationConfig(
             max_new_tokens=max_new_tokens,
             do_sample=False,
             eos_token_id=self.base.generation_config.eos_token_id,
             pad_token_id=self.base.config.text_config.pad_token_id,
         )
+
+    @torch.no_grad()
+    def generate(self, inputs: ModelInputs, *, max_new_tokens: int = 16, **kwargs: Any) -> Any:
+        """Greedy ``generate()`` of the base model with fusion on; returns what it returns
+        (prompt + new tokens, or a dict with ``return_dict_in_generate=True``)."""
+        self._check_tiles(inputs)
+        tokens = None
+        if self.unet is not None:
+            tokens = self._unet_tokens(inputs, for_decoder=False)[2]
         with self._fused(tokens):
             return self.base.generate(
                 input_ids=inputs.input_ids,
@@ -371,6 +389,49 @@ class MDFModel(nn.Module):
                 aspect_ratio_ids=inputs.aspect_ratio_ids,
                 aspect_ratio_mask=inputs.aspect_ratio_mask,
                 cross_attention_mask=inputs.cross_attention_mask,
-                generation_config=settings,
+                generation_config=self._generation_config(max_new_tokens),
                 **kwargs,
             )
+
+    @torch.no_grad()
+    def score_and_generate(
+        self,
+        scoring: ModelInputs,
+        prompts: ModelInputs,
+        *,
+        segment: bool = True,
+        max_new_tokens: int = 16,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """`score` and `generate` from one pass over each image: the generated text continues
+        from the packed scoring rows' prompt keys and values, with their image states and
+        U-Net tokens, so the vision tower, the U-Net encoder and the prompt run once per image
+        for both. ``scoring`` is packed (one row per image); ``prompts`` the same studies
+        without answers (`Classifier.generation_inputs`). Returns the scores and segmentation
+        logits as `score` does and the generated sequences as `generate` does.
+
+        Every packed row holds the same answers, so with left padding each prompt ends where
+        the answers start and ``prompts`` is the first columns of ``scoring``. The cache keeps
+        the prompt but its last token, from which ``generate()`` continues; the cross-attention
+        layers keep their image keys and values."""
+        if scoring.rows_per_image != 1 or scoring.answer_segments is None:
+            raise ValueError("score_and_generate() needs packed scoring rows, one per image")
+        prompt_length = prompts.input_ids.shape[1]
+        if not torch.equal(scoring.input_ids[:, :prompt_length], prompts.input_ids):
+            raise ValueError("prompts are not the prompts of the scoring rows")
+        cache = DynamicCache(config=self.base.config)
+        hidden, seg_logits, tokens = self._run(scoring, segment=segment, cache=cache)
+        scores = self._answer_scores(scoring, hidden)
+        cross = set(self.config.cross_attention_layers)
+        remove = scoring.input_ids.shape[1] - prompt_length + 1
+        for index, layer in enumerate(cache.layers):
+            if index not in cross:
+                layer.crop(-remove)
+        with self._fused(tokens):
+            sequences = self.base.generate(
+                input_ids=prompts.input_ids,
+                attention_mask=prompts.attention_mask,
+                cross_attention_mask=prompts.cross_attention_mask,
+                past_key_values=cache,
+                generation_config=self._generation_config(max_new_tokens),
+            )
+        return scores, seg_logits, sequences

@@ -101,9 +101,10 @@ def test_label_scoring_is_one_forward_pass_per_batch(
     finally:
         for handle in handles:
             handle.remove()
-    # Scoring once, then one batched generate(): a prefill and four cached decoding steps
-    # for five tokens (the image is encoded again in the prefill only).
-    assert calls == {"vision tower": 1 + 1, "u-net encoder": 1 + 1, "text decoder": 1 + 1 + 4}
+    # Scoring once, then one batched generate() continuing from the scoring pass: five cached
+    # decoding steps for five tokens (the first reads the last prompt token). The images are
+    # encoded once for both.
+    assert calls == {"vision tower": 1, "u-net encoder": 1, "text decoder": 1 + 1 + 4}
 
 
 def test_scoring_without_masks_skips_their_work_and_keeps_the_scores(

@@ -90,6 +90,27 @@ def test_the_prompt_and_the_image_states_run_once_per_image(
     assert rows == [4]
 
 
+@pytest.mark.parametrize("notes", [False, True], ids=["no notes", "clinical notes"])
+def test_text_continued_from_the_scoring_pass_is_what_generate_gives(
+    scorer: Classifier, fundus_images: list[np.ndarray], notes: bool
+) -> None:
+    """The text generated from the scoring pass's cache is token for token what a separate
+    ``generate()`` (its own vision tower, U-Net and prefill) gives, and so are the scores."""
+    studies = batch(scorer, fundus_images, notes)
+    prompts = scorer.generation_inputs(studies)
+    scoring = scorer.packed_scoring_inputs(studies)
+    with torch.no_grad():
+        expected = scorer.model.generate(prompts, max_new_tokens=12)
+        reference_scores, reference_masks = scorer.model.score(scoring)
+        label_scores, masks, sequences = scorer.model.score_and_generate(
+            scoring, prompts, max_new_tokens=12
+        )
+    assert torch.equal(sequences, expected)
+    assert len(set(map(tuple, expected[:, prompts.input_ids.shape[1] :].tolist()))) > 1
+    torch.testing.assert_close(label_scores, reference_scores, atol=1e-5, rtol=0)
+    torch.testing.assert_close(masks, reference_masks, atol=1e-5, rtol=1e-5)
+
+
 def test_packed_scoring_counts_fewer_flops(make_model, fundus_images: list[np.ndarray]) -> None:
     classifier = Classifier(make_model(labels=MULTICLASS, alpha=0.5).eval())
     studies: list[PreparedInput] = batch(classifier, fundus_images, notes=True)
