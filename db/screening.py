@@ -25,25 +25,10 @@ from sklearn import metrics
 from sqlalchemy.orm import Session
 
 from db.models import Batch, Image
+from db.views import DECISIONS, SCREENING_OUTCOMES
 
-__all__ = ["DECISIONS", "SCREENING_OUTCOMES", "Agreement", "Validation", "decisions", "validate"]
+__all__ = ["Agreement", "Validation", "decisions", "validate"]
 
-#: The view, as far as these readers need it (``db/migrations/versions/0005``).
-SCREENING_OUTCOMES = sa.table(
-    "screening_outcomes",
-    sa.column("patient_pseudonym", sa.String()),
-    sa.column("study", sa.Integer()),
-    sa.column("batch", sa.String()),
-    sa.column("decision", sa.String()),
-    sa.column("reason", sa.String()),
-    sa.column("right_eye", sa.String()),
-    sa.column("right_referral_probability", sa.Float()),
-    sa.column("left_eye", sa.String()),
-    sa.column("left_referral_probability", sa.Float()),
-    sa.column("images", sa.Integer()),
-    sa.column("model_version", sa.String()),
-)
-DECISIONS = ("refer", "no_refer", "pending")
 EYES = {"R": "right_eye", "L": "left_eye"}
 REFERRED_EYE = {"referable": True, "ungradable": True, "not_referable": False}
 REFERRED_STUDY = {"refer": True, "no_refer": False}

@@ -1,11 +1,12 @@
-"""``mdf results``: rows of the study_results view, filtered, as a table, CSV, JSON or Parquet.
+"""``mdf results`` and ``mdf outcomes``: rows of the analysts' views, filtered, as a table,
+CSV, JSON or Parquet.
 
-One mapping of columns to types (``COLUMNS``) drives the query and every writer, so all
-formats carry the same rows under the same names and types. The source path and the
-study key are left out on purpose: file and folder names, and the study ids some
-manifests build, often carry a patient's name or ID, and these files travel.
-``study_id`` groups a study's images instead; the view itself keeps both for analysts
-who query the database.
+``mdf results`` reads study_results (one row per image), ``mdf outcomes``
+screening_outcomes (one decision per patient and study). Each view's columns and types
+(``db.views``) drive the query and every writer, so all formats carry the same rows
+under the same names and types. Neither view has a source path or a study key: file and
+folder names, and the study ids some manifests build, often carry a patient's name or
+ID, and these files travel; ``study_id`` (``study``) groups a study's images instead.
 """
 
 from __future__ import annotations
@@ -23,39 +24,28 @@ from typing import IO, Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from db.models import ImageStatus
+from db.views import SCREENING_OUTCOMES, STUDY_RESULTS
 from mdf.terminal import csv_cell, printable
 
 Row = dict[str, Any]
+View = sa.TableClause
 
-COLUMNS: dict[str, sa.types.TypeEngine[Any]] = {
-    "image_id": sa.Integer(),
-    "batch": sa.String(),
-    "study_id": sa.Integer(),
-    "patient_pseudonym": sa.String(),
-    "frame": sa.Integer(),
-    "laterality": sa.String(),
-    "status": sa.Enum(*ImageStatus, name="image_status"),  # PostgreSQL compares enum to enum
-    "reason_code": sa.String(),
-    "reason": sa.String(),
-    "label": sa.String(),
-    "probability": sa.Float(),
-    "text_agrees": sa.Boolean(),
-    "model_version": sa.String(),
-    "registered_at": sa.DateTime(timezone=True),
-    "predicted_at": sa.DateTime(timezone=True),
-    "generated_text": sa.String(),
-}
+#: Each view's rows in a stable order: images by id; studies by batch, then study.
+ORDER = {STUDY_RESULTS.name: ("image_id",), SCREENING_OUTCOMES.name: ("batch", "study")}
 
-#: The view as the exports and the report read it.
-STUDY_RESULTS = sa.table("study_results", *(sa.column(n, type_) for n, type_ in COLUMNS.items()))
+
+def columns(view: View) -> dict[str, sa.types.TypeEngine[Any]]:
+    return {column.name: column.type for column in view.columns}
 
 
 @dataclass(frozen=True)
 class Filters:
+    """Each set filter is a condition on the view's column of the same name."""
+
     batch: str | None = None
-    since: datetime | None = None  # registered at or after
-    label: str | None = None
+    since: datetime | None = None  # registered at or after (study_results)
+    label: str | None = None  # study_results
+    decision: str | None = None  # screening_outcomes
     limit: int | None = None
 
 
@@ -75,16 +65,15 @@ def as_utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-def fetch(session: Session, filters: Filters) -> list[Row]:
-    """The filtered rows of study_results, oldest image first."""
-    view = STUDY_RESULTS.c
-    query = sa.select(*(view[name] for name in COLUMNS)).order_by(view.image_id)
-    if filters.batch is not None:
-        query = query.where(view.batch == filters.batch)
+def fetch(session: Session, filters: Filters, view: View = STUDY_RESULTS) -> list[Row]:
+    """The filtered rows of ``view``, in its ``ORDER``."""
+    c = view.c
+    query = sa.select(*view.columns).order_by(*(c[name] for name in ORDER[view.name]))
+    for name in ("batch", "label", "decision"):
+        if (value := getattr(filters, name)) is not None:
+            query = query.where(c[name] == value)
     if filters.since is not None:
-        query = query.where(view.registered_at >= filters.since)
-    if filters.label is not None:
-        query = query.where(view.label == filters.label)
+        query = query.where(c.registered_at >= filters.since)
     return [
         {name: as_utc(v) if isinstance(v, datetime) else v for name, v in row.items()}
         for row in session.execute(query.limit(filters.limit)).mappings()
@@ -92,7 +81,8 @@ def fetch(session: Session, filters: Filters) -> list[Row]:
 
 
 def write_table(rows: Sequence[Row], stream: IO[str]) -> None:
-    """A fixed-width summary for the terminal; other formats carry every column."""
+    """A fixed-width summary of study_results for the terminal; other formats carry every
+    column."""
     stream.write(
         f"{'image':>6}  {'eye':<3}  {'status':<10}  {'label':<10}  {'prob':>5}  "
         f"{'model':<16}  text / reason\n"
@@ -100,11 +90,29 @@ def write_table(rows: Sequence[Row], stream: IO[str]) -> None:
     for row in rows:
         probability = row["probability"]
         shown = f"{probability:.2f}" if probability is not None else "-"
-        detail = re.sub(r"\s+", " ", row["reason"] or row["generated_text"] or "").strip()
+        label = "ungradable" if row["gradable"] is False else row["label"] or "-"
+        detail = re.sub(
+            r"\s+", " ", row["reason"] or row["quality_reason"] or row["generated_text"] or ""
+        ).strip()
         line = (
             f"{row['image_id']:>6}  {row['laterality'] or '-':<3}  {row['status']:<10}  "
-            f"{row['label'] or '-':<10}  {shown:>5}  {row['model_version'] or '-':<16}  "
-            f"{detail}"
+            f"{label:<10}  {shown:>5}  {row['model_version'] or '-':<16}  {detail}"
+        )
+        stream.write(printable(line) + "\n")
+
+
+def write_outcomes_table(rows: Sequence[Row], stream: IO[str]) -> None:
+    """A fixed-width summary of screening_outcomes: a pseudonym's first 12 characters are
+    enough to tell the patients of a night apart on a screen."""
+    stream.write(
+        f"{'patient':<12}  {'study':>6}  {'decision':<8}  {'right eye':<13}  "
+        f"{'left eye':<13}  reason\n"
+    )
+    for row in rows:
+        line = (
+            f"{(row['patient_pseudonym'] or '-')[:12]:<12}  {row['study']:>6}  "
+            f"{row['decision']:<8}  {row['right_eye']:<13}  {row['left_eye']:<13}  "
+            f"{row['reason']}"
         )
         stream.write(printable(line) + "\n")
 
@@ -113,19 +121,19 @@ def _plain(value: Any) -> Any:
     return value.isoformat() if isinstance(value, datetime) else value
 
 
-def write_csv(rows: Sequence[Row], stream: IO[str]) -> None:
-    writer = csv.DictWriter(stream, fieldnames=list(COLUMNS))
+def write_csv(rows: Sequence[Row], stream: IO[str], names: Sequence[str]) -> None:
+    writer = csv.DictWriter(stream, fieldnames=list(names))
     writer.writeheader()
     writer.writerows({name: csv_cell(_plain(value)) for name, value in row.items()} for row in rows)
 
 
-def write_json(rows: Sequence[Row], stream: IO[str]) -> None:
+def write_json(rows: Sequence[Row], stream: IO[str], names: Sequence[str]) -> None:
     json.dump([{n: _plain(v) for n, v in row.items()} for row in rows], stream, indent=2)
     stream.write("\n")
 
 
-def write_parquet(rows: Sequence[Row], path: Path) -> None:
-    """Typed columns from ``COLUMNS``, so a column with no value yet keeps its type."""
+def write_parquet(rows: Sequence[Row], path: Path, view: View) -> None:
+    """Typed columns from the view's, so a column with no value yet keeps its type."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -136,26 +144,40 @@ def write_parquet(rows: Sequence[Row], path: Path) -> None:
         str: pa.string(),
         datetime: pa.timestamp("us", tz="UTC"),
     }
-    schema = pa.schema([(name, arrow[type_.python_type]) for name, type_ in COLUMNS.items()])
+    schema = pa.schema([(name, arrow[type_.python_type]) for name, type_ in columns(view).items()])
     pq.write_table(pa.Table.from_pylist(list(rows), schema=schema), path)
 
 
-TEXT_WRITERS: dict[str, Callable[[Sequence[Row], IO[str]], None]] = {
-    "table": write_table,
+TABLES: dict[str, Callable[[Sequence[Row], IO[str]], None]] = {
+    STUDY_RESULTS.name: write_table,
+    SCREENING_OUTCOMES.name: write_outcomes_table,
+}
+TEXT_WRITERS: dict[str, Callable[[Sequence[Row], IO[str], Sequence[str]], None]] = {
     "csv": write_csv,
     "json": write_json,
 }
-FORMATS = (*TEXT_WRITERS, "parquet")
+FORMATS = ("table", *TEXT_WRITERS, "parquet")
 
 
-def export(rows: Sequence[Row], fmt: str, out: Path | None, stdout: IO[str]) -> None:
-    """Write ``rows`` in ``fmt`` to ``out``, or to ``stdout`` when no file is named."""
+def export(
+    rows: Sequence[Row], fmt: str, out: Path | None, stdout: IO[str], view: View = STUDY_RESULTS
+) -> None:
+    """Write ``rows`` of ``view`` in ``fmt`` to ``out``, or to ``stdout`` when no file is
+    named."""
     if fmt == "parquet":
         if out is None:
             raise ValueError("parquet is a binary format: name a file with --out")
-        write_parquet(rows, out)
-    elif out is None:
-        TEXT_WRITERS[fmt](rows, stdout)
+        write_parquet(rows, out, view)
+        return
+
+    def write(stream: IO[str]) -> None:
+        if fmt == "table":
+            TABLES[view.name](rows, stream)
+        else:
+            TEXT_WRITERS[fmt](rows, stream, list(columns(view)))
+
+    if out is None:
+        write(stdout)
     else:
         with out.open("w", encoding="utf-8", newline="") as stream:
-            TEXT_WRITERS[fmt](rows, stream)
+            write(stream)

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import ImageStatus
-from mdf.analysis.export import STUDY_RESULTS
+from db.views import STUDY_RESULTS
 
 __all__ = ["status_counts"]
 

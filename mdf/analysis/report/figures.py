@@ -21,19 +21,10 @@ from sqlalchemy.orm import Session
 
 from db.lifecycle import status_counts
 from db.models import Batch, Image, ImageStatus, ModelVersion, Prediction
-from db.screening import SCREENING_OUTCOMES, Validation, decisions, validate
-from mdf.analysis.export import COLUMNS, as_utc
+from db.screening import Validation, decisions, validate
+from db.views import SCREENING_OUTCOMES, STUDY_RESULTS
+from mdf.analysis.export import as_utc
 
-#: study_results, with the quality columns ``mdf results`` does not export.
-VIEW = sa.table(
-    "study_results",
-    *(
-        sa.column(name, type_)
-        for name, type_ in (
-            COLUMNS | {"gradable": sa.Boolean(), "quality_reason": sa.String()}
-        ).items()
-    ),
-)
 #: Pictures of referred patients' images the report shows at most (each some 20 kB).
 REFERRED_PICTURES = 24
 
@@ -137,7 +128,7 @@ def batch_figures(
     batch = session.scalar(sa.select(Batch).where(Batch.name == batch_name))
     if batch is None:
         raise UnknownBatch(f"no batch is named {batch_name!r}")
-    view = VIEW.c
+    view = STUDY_RESULTS.c
     in_batch = view.batch == batch_name
     labels = session.execute(
         sa.select(view.label, sa.func.count())
@@ -192,7 +183,7 @@ def _versions(session: Session, batch_id: int) -> list[VersionFigures]:
 
 
 def _least_certain(session: Session, batch_name: str, limit: int) -> list[Pictured]:
-    view = VIEW.c
+    view = STUDY_RESULTS.c
     return _pictured(
         session,
         sa.and_(view.batch == batch_name, view.probability.is_not(None)),
@@ -203,7 +194,7 @@ def _least_certain(session: Session, batch_name: str, limit: int) -> list[Pictur
 
 def _referred(session: Session, batch_name: str, limit: int) -> list[Pictured]:
     """The images of referred patients, patient by patient, each's eyes together."""
-    view, outcomes = VIEW.c, SCREENING_OUTCOMES.c
+    view, outcomes = STUDY_RESULTS.c, SCREENING_OUTCOMES.c
     referred = sa.select(outcomes.study).where(
         outcomes.batch == batch_name, outcomes.decision == "refer"
     )
@@ -218,7 +209,7 @@ def _referred(session: Session, batch_name: str, limit: int) -> list[Pictured]:
 def _pictured(
     session: Session, where: sa.ColumnElement[bool], *, order: tuple, limit: int
 ) -> list[Pictured]:
-    view = VIEW.c
+    view = STUDY_RESULTS.c
     rows = session.execute(
         sa.select(
             view.image_id,
@@ -251,7 +242,7 @@ def _pictured(
 
 
 def _gradability(session: Session, batch_name: str) -> Gradability:
-    view = VIEW.c
+    view = STUDY_RESULTS.c
     rows = session.execute(
         sa.select(view.gradable, view.quality_reason).where(
             view.batch == batch_name, view.gradable.is_not(None)

@@ -1,4 +1,5 @@
-"""``mdf results``: filters, and the same rows in every format, on both engines."""
+"""``mdf results`` and ``mdf outcomes``: filters, and the same rows in every format, on both
+engines."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from analyst_rows import NIGHT_1, add_nights
 from in_process import Mdf, mdf_command
 
 from db.session import session_factory
-from mdf.analysis.export import COLUMNS, Filters, fetch
+from db.views import SCREENING_OUTCOMES, STUDY_RESULTS
+from mdf.analysis.export import Filters, columns, fetch
 from mdf.cli import main
 
 
@@ -34,13 +36,16 @@ def mdf(capsys: pytest.CaptureFixture[str]) -> Iterator[Mdf]:
         yield run
 
 
-def _typed(text: dict[str, str]) -> dict[str, object]:
+COLUMNS = columns(STUDY_RESULTS)
+
+
+def _typed(text: dict[str, str], types: dict = COLUMNS) -> dict[str, object]:
     """A CSV row back in the column types: empty is None."""
     convert = {int: int, float: float, str: str, bool: {"True": True, "False": False}.get}
     convert[datetime] = datetime.fromisoformat
     return {
         name: None if text[name] == "" else convert[type_.python_type](text[name])
-        for name, type_ in COLUMNS.items()
+        for name, type_ in types.items()
     }
 
 
@@ -134,3 +139,40 @@ def test_a_bad_date_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
         main(["results", "--since", "yesterday"])  # argparse exits before logging is set up
     assert exit_.value.code == 2
     assert "not an ISO date" in capsys.readouterr().err
+
+
+def test_outcomes_give_one_decision_per_patient_and_study(
+    night: dict[str, int], database_url: str, tmp_path: Path, mdf: Mdf
+) -> None:
+    code, out, err = mdf("outcomes", "--format", "json")
+    assert code == 0, err
+    decided = {(row["batch"], row["patient_pseudonym"][:2]): row for row in json.loads(out)}
+    assert {key: row["decision"] for key, row in decided.items()} == {
+        ("night-1", "s1"): "no_refer",  # both eyes seen, nothing referable
+        ("night-1", "s2"): "pending",  # an image still queued
+        ("night-2", "s1"): "refer",  # only the right eye delivered that night
+        ("night-2", "s3"): "no_refer",
+    }
+    assert decided["night-2", "s1"]["reason"] == "left eye missing"
+    assert (decided["night-2", "s1"]["right_eye"], decided["night-2", "s1"]["left_eye"]) == (
+        "not_referable",
+        "missing",
+    )
+    assert list(json.loads(out)[0]) == list(columns(SCREENING_OUTCOMES))
+
+    code, out, _ = mdf("outcomes", "--batch", "night-2", "--decision", "refer", "--format", "csv")
+    (row,) = csv.DictReader(io.StringIO(out))
+    typed = _typed(row, columns(SCREENING_OUTCOMES))
+    with session_factory(database_url)() as session:
+        (expected,) = fetch(session, Filters(batch="night-2", decision="refer"), SCREENING_OUTCOMES)
+    assert typed == expected
+
+    code, out, _ = mdf("outcomes", "--batch", "night-1")
+    header, *lines = out.splitlines()
+    assert header.split()[:3] == ["patient", "study", "decision"]
+    assert sorted(line.split()[2] for line in lines) == ["no_refer", "pending"]
+    assert all(len(line.split()[0]) == 12 for line in lines)  # a pseudonym's first 12
+
+    parquet = tmp_path / "outcomes.parquet"
+    assert mdf("outcomes", "--format", "parquet", "--out", str(parquet))[0] == 0
+    assert pq.read_schema(parquet).names == list(columns(SCREENING_OUTCOMES))
