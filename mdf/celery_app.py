@@ -18,12 +18,14 @@ from mdf.settings import Settings
 INFERENCE_QUEUE = "inference"
 INTAKE_QUEUE = "intake"
 TRAINING_QUEUE = "training"
+DELIVER_QUEUE = "deliver"
 
 CLASSIFY_CHUNK = "mdf.classify_chunk"
 SCAN_INBOXES = "mdf.scan_inboxes"
 REQUEUE_STALLED = "mdf.requeue_stalled"
 REQUEUE_EXPIRED = "mdf.requeue_expired_claims"
 TRAIN = "mdf.train"
+DELIVER_STUDY = "mdf.deliver_study"  # a finished study's SR and SEG, sent to the PACS
 
 #: The key of ``app.conf`` that holds the settings the app was built from.
 SETTINGS_KEY = "mdf_settings"
@@ -50,6 +52,7 @@ def create_app(settings: Settings) -> Celery:
             REQUEUE_STALLED: {"queue": INTAKE_QUEUE},
             REQUEUE_EXPIRED: {"queue": INTAKE_QUEUE},
             TRAIN: {"queue": TRAINING_QUEUE},
+            DELIVER_STUDY: {"queue": DELIVER_QUEUE},
         },
         task_default_queue=INTAKE_QUEUE,
         # Events let Flower show the fleet.

@@ -317,3 +317,37 @@ class Settings(BaseSettings):
         if problem := key_problem(key):
             raise UnusableSecret(f"{source} {problem}: refused as a pseudonym key; {GENERATE_HINT}")
         return key.encode()
+
+    # Results sent back as DICOM SR and SEG (delivery/; README "DICOM networking").
+    results_destinations: Annotated[
+        list[
+            Annotated[
+                str,
+                Field(
+                    pattern=r"^(dicomweb:https?://[^\s,]+|dicom:[^@\\\s][^@\\]{0,15}@[\w.-]+:\d{1,5})$"
+                ),
+            ]
+        ],
+        NoDecode,
+    ] = Field(
+        default_factory=list,
+        description="Where each finished DICOM study's SR and SEG go, comma-separated: "
+        "dicomweb:URL (STOW-RS, with the MDF_DICOMWEB_ credentials) or dicom:AET@HOST:PORT "
+        "(C-STORE, calling as MDF_DICOM_AE_TITLE); none: nothing is delivered on its own.",
+    )
+    results_retries: int = Field(
+        default=8, ge=0, le=20, description="Retries of a study whose delivery failed."
+    )
+    results_backoff_s: int = Field(
+        default=30,
+        ge=1,
+        description="Wait before the first retry of a delivery; doubled at each retry, at most "
+        "an hour.",
+    )
+
+    @field_validator("results_destinations", mode="before")
+    @classmethod
+    def _split_destinations(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value

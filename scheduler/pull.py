@@ -14,7 +14,6 @@ Instances are asked for in their stored transfer syntax, so nothing is transcode
 from __future__ import annotations
 
 import contextlib
-import logging
 import re
 import shutil
 import tempfile
@@ -27,21 +26,16 @@ from io import BytesIO
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import requests
 import structlog
 from dicomweb_client.api import DICOMwebClient
-from requests.adapters import HTTPAdapter
-from urllib3.util.retry import Retry
 
+from mdf.dicomweb import client_for
 from mdf.logs import summarise_error
-from mdf.secret_files import read_secret
 from mdf.settings import Settings
 from scheduler.spool import uid_key, write_atomically
 
 log = structlog.get_logger(__name__)
 
-#: Statuses worth another try: the server or a proxy is busy or restarting.
-RETRY_STATUSES = (408, 429, 500, 502, 503, 504)
 #: Instances fetched at once: a PACS serves a few requests in parallel well.
 PARALLEL_RETRIEVALS = 4
 #: Any transfer syntax: the instance as stored, never transcoded by the server.
@@ -82,29 +76,6 @@ def batch_name(url: str, today: date | None = None) -> str:
     return f"dicomweb-{source_name(url)[:150]}-{today or datetime.now(UTC).date():%Y-%m-%d}"
 
 
-def client_for(url: str, settings: Settings) -> DICOMwebClient:
-    """A DICOMweb client with backoff on every request and the configured authentication."""
-    session = requests.Session()
-    retry = Retry(
-        total=settings.dicomweb_retries,
-        backoff_factor=0.5,
-        status_forcelist=RETRY_STATUSES,
-        allowed_methods=None,  # QIDO and WADO are GETs; STOW posts are idempotent by UID
-    )
-    adapter = HTTPAdapter(max_retries=retry, pool_maxsize=PARALLEL_RETRIEVALS)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    if settings.dicomweb_token_file is not None:
-        session.headers["Authorization"] = f"Bearer {read_secret(settings.dicomweb_token_file)}"
-    elif settings.dicomweb_username is not None:
-        password = settings.dicomweb_password_file
-        session.auth = (settings.dicomweb_username, read_secret(password) if password else "")
-    client = DICOMwebClient(url, session=session)
-    client.set_http_retry_params(retry=False)  # urllib3 retries, connection errors too
-    logging.getLogger("dicomweb_client").setLevel(logging.WARNING)  # a line per request
-    return client
-
-
 def _value(attributes: dict[str, dict], tag: str) -> str:
     return str(attributes[tag]["Value"][0])
 
@@ -131,7 +102,7 @@ class Puller:
 
     def __init__(self, url: str, settings: Settings):
         self.url = url
-        self.client = client_for(url, settings)
+        self.client = client_for(url, settings, PARALLEL_RETRIEVALS)
         spool = settings.resolved_dicom_spool_dir
         self.folder = spool / "pulled" / source_name(url)
         self.temporaries = spool / "pull-tmp"

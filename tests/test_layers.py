@@ -14,7 +14,7 @@ from itertools import pairwise
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("mdf", "db", "scheduler", "worker", "training", "mdf_model")
+PACKAGES = ("mdf", "db", "scheduler", "worker", "training", "delivery", "mdf_model")
 SOURCES = {
     ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): path
     for package in PACKAGES
@@ -31,6 +31,7 @@ LAYERS = {
     "scheduler": 3,
     "worker": 3,
     "training": 3,
+    "delivery": 3,
     "mdf.analysis": 3,
     "mdf.synthetic": 4,
 }
@@ -38,10 +39,12 @@ LAYERS = {
 APART = {
     "mdf": set(LAYERS) - {"mdf"},  # the root command knows no service
     "mdf_model": set(LAYERS) - {"mdf_model"},  # the model is a library of its own
-    "scheduler": {"worker"},
-    "worker": {"scheduler"},
-    "training": {"scheduler", "worker"},
-    "mdf.analysis": {"scheduler", "worker", "training"},  # analysts read the database only
+    "scheduler": {"worker", "delivery"},
+    "worker": {"scheduler", "delivery"},
+    "training": {"scheduler", "worker", "delivery"},
+    "delivery": {"scheduler", "worker", "training", "mdf.analysis"},
+    # analysts read the database only
+    "mdf.analysis": {"scheduler", "worker", "training", "delivery"},
 }
 
 

@@ -1,0 +1,164 @@
+"""What a study's result objects say: each DICOM image's prediction as analysts see it.
+
+An image's prediction is the one the ``study_results`` view shows (the promoted version's,
+else the newest), with its label, probability and text withheld when the image is
+ungradable: those are not results. Images that came as JPEG or PNG are never answered in
+DICOM, and an image without a prediction (rejected, failed) is not in the objects.
+A study's images are grouped per DICOM study and model version: each group is answered by
+its own SR and SEGs, whose UIDs derive from both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from itertools import groupby
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from db.deliveries import DICOM
+from db.models import Image, ModelVersion, Prediction
+from db.stored_path import from_stored
+
+__all__ = ["ImageResult", "ModelRef", "StudyResults", "study_results"]
+
+#: The view's columns this module reads (``db/migrations/versions/0005``).
+STUDY_RESULTS = sa.table(
+    "study_results",
+    sa.column("image_id", sa.Integer()),
+    sa.column("gradable", sa.Boolean()),
+    sa.column("quality_score", sa.Float()),
+    sa.column("quality_reason", sa.String()),
+    sa.column("label", sa.String()),
+    sa.column("generated_text", sa.String()),
+    sa.column("referable", sa.Boolean()),
+    sa.column("referral_probability", sa.Float()),
+    sa.column("model_version", sa.String()),
+)
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """The model version that answered: named in the objects, its hash in their UIDs."""
+
+    id: int
+    name: str
+    preset: str | None
+    manifest_sha256: str
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    image_id: int
+    source: Path  # the registered file
+    sha256: str
+    sop_uid: str
+    frame: int
+    laterality: str | None
+    gradable: bool | None
+    quality_score: float | None
+    quality_reasons: tuple[str, ...]
+    label: str | None  # None when ungradable, or refused by the model
+    probabilities: Mapping[str, float]  # empty when the label is
+    generated_text: str | None
+    referable: bool | None
+    referral_probability: float | None
+    masks: tuple[Path, ...]  # one PNG per channel, ``<image id>.<channel>.png``
+    predicted_at: datetime
+
+
+@dataclass(frozen=True)
+class StudyResults:
+    """One DICOM study's images answered by one model version."""
+
+    study_id: int
+    study_uid: str
+    model: ModelRef
+    images: tuple[ImageResult, ...]
+
+
+def _image(row: Any) -> ImageResult:
+    answered = row.label is not None
+    return ImageResult(
+        image_id=row.image_id,
+        source=from_stored(row.source_path),
+        sha256=row.sha256,
+        sop_uid=row.sop_uid,
+        frame=row.frame,
+        laterality=row.laterality,
+        gradable=row.gradable,
+        quality_score=row.quality_score,
+        quality_reasons=tuple(filter(None, (row.quality_reason or "").split(","))),
+        label=row.label,
+        probabilities=dict(row.probabilities or {}) if answered else {},
+        generated_text=row.generated_text if answered else None,
+        referable=row.referable,
+        referral_probability=row.referral_probability,
+        masks=tuple(Path(path) for path in (row.mask_path or "").split(";") if path),
+        predicted_at=row.created_at,
+    )
+
+
+def study_results(session: Session, study_id: int) -> list[StudyResults]:
+    """The study's DICOM images with a prediction, per DICOM study and model version."""
+    view = STUDY_RESULTS.c
+    rows = session.execute(
+        sa.select(
+            Image.id.label("image_id"),
+            Image.source_path,
+            Image.sha256,
+            Image.study_uid,
+            Image.sop_uid,
+            Image.frame,
+            Image.laterality,
+            view.gradable,
+            view.quality_score,
+            view.quality_reason,
+            view.label,
+            view.generated_text,
+            view.referable,
+            view.referral_probability,
+            Prediction.probabilities,
+            Prediction.mask_path,
+            Prediction.created_at,
+            ModelVersion.id.label("version_id"),
+            ModelVersion.name.label("version_name"),
+            ModelVersion.preset,
+            ModelVersion.manifest_sha256,
+        )
+        .join(STUDY_RESULTS, view.image_id == Image.id)
+        .join(ModelVersion, ModelVersion.name == view.model_version)
+        .join(
+            Prediction,
+            (Prediction.image_id == Image.id) & (Prediction.model_version_id == ModelVersion.id),
+        )
+        .where(
+            Image.study_id == study_id,
+            Image.file_kind == DICOM,
+            Image.sop_uid.is_not(None),
+            Image.study_uid.is_not(None),
+        )
+        .order_by(Image.study_uid, ModelVersion.id, Image.id)
+    ).all()
+    return [
+        StudyResults(
+            study_id=study_id,
+            study_uid=study_uid,
+            model=ModelRef(version_id, name, preset, sha),
+            images=tuple(_image(row) for row in group),
+        )
+        for (study_uid, version_id, name, preset, sha), group in groupby(
+            rows,
+            key=lambda r: (
+                r.study_uid,
+                r.version_id,
+                r.version_name,
+                r.preset,
+                r.manifest_sha256,
+            ),
+        )
+    ]
