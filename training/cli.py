@@ -8,6 +8,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from mdf.cli import SETTING_FLAGS
 from mdf.errors import CommandError
 from mdf.settings import Settings
 
@@ -26,7 +27,13 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--dry-run",
         action="store_true",
-        help="print the estimated GPU memory of the configured strategy for the 11B preset",
+        help="print the estimated GPU memory of the configured strategy for the 11B preset "
+        "(per GPU with --nproc)",
+    )
+    train.add_argument(
+        "--nproc",
+        type=int,
+        help="shard a full fine-tune over N processes (one per GPU) with FSDP: starts torchrun",
     )
     train.set_defaults(handler=_train)
 
@@ -50,6 +57,21 @@ def _sessions(settings: Settings) -> sessionmaker[Session]:
     return session_factory(settings.resolved_database_url)
 
 
+def _worker_argv(args: argparse.Namespace) -> list[str]:
+    """This ``mdf train`` command line for the processes torchrun starts (without --nproc;
+    the root flags that override settings kept)."""
+    argv = []
+    for name in SETTING_FLAGS:
+        if (value := getattr(args, name, None)) is not None:
+            argv += [f"--{name.replace('_', '-')}", str(value)]
+    argv.append("train")
+    if args.config is not None:
+        argv += ["--config", str(args.config)]
+    if args.epochs is not None:
+        argv += ["--epochs", str(args.epochs)]
+    return argv
+
+
 def _train(args: argparse.Namespace, settings: Settings) -> int:
     import yaml
 
@@ -57,20 +79,38 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
 
     try:
         config = TrainConfig.from_file(args.config) if args.config else TrainConfig()
+        if args.epochs is not None:
+            config = TrainConfig.model_validate(config.model_dump() | {"epochs": args.epochs})
+        if args.nproc is not None:
+            config = TrainConfig.model_validate(config.model_dump() | {"distributed": "fsdp"})
     except (OSError, ValueError, yaml.YAMLError) as error:
         raise CommandError(f"{args.config}: {error}") from error
-    if args.epochs is not None:
-        config = config.model_copy(update={"epochs": args.epochs})
+    if args.nproc is not None and args.nproc < 1:
+        raise CommandError(f"--nproc {args.nproc}: needs at least one process")
     if args.dry_run:
         from training.memory import estimate, format_estimate
 
-        print(format_estimate(estimate(config)))
+        print(format_estimate(estimate(config, gpus=args.nproc or 1)))
         return 0
+    from training import distributed
     from training.run import train_and_evaluate
 
+    if config.distributed == "fsdp" and args.nproc is None and not distributed.under_torchrun():
+        raise CommandError(
+            "distributed: fsdp runs in the processes torchrun starts: add --nproc N "
+            "(one process per GPU), or start it with the README's torchrun line"
+        )
     try:
-        result = train_and_evaluate(config, settings)
-    except ValueError as error:  # nothing to fine-tune, too few labels: the run says why
+        if distributed.under_torchrun():
+            result = distributed.run_worker(config, settings)
+            if result is None:  # not rank 0: rank 0 reports
+                return 0
+        elif args.nproc is not None:
+            distributed.launch(args.nproc, _worker_argv(args))
+            return 0  # rank 0 printed the result
+        else:
+            result = train_and_evaluate(config, settings)
+    except (ValueError, distributed.RankFailed) as error:  # the run records why too
         raise CommandError(str(error)) from error
     print(f"run {result.run_id}: version {result.version} in {result.seconds:.0f} s")
     for name, scores in result.metrics.items():

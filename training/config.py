@@ -10,7 +10,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 VARIANTS = ("full", "frozen_unet", "frozen_mllm", "frozen_vision_tower", "fusion_only", "baseline")
-STRATEGIES = ("full", "cross_attention", "frozen_mllm")
+STRATEGIES = ("full", "cross_attention", "lora", "frozen_mllm")
+DISTRIBUTED = ("none", "fsdp")
 
 
 class EarlyStopping(BaseModel):
@@ -26,6 +27,24 @@ class EarlyStopping(BaseModel):
     patience: int = Field(default=3, ge=1)
     min_delta: float = Field(default=1e-3, ge=0)
     min_epochs: int = Field(default=0, ge=0)
+
+
+class LoraSettings(BaseModel):
+    """LoRA adapters on the language model (``strategy: lora``), through peft.
+
+    ``target_modules`` are matched against the ends of module names in the text decoder:
+    the default adapts the query, key, value and output projections of its self- and
+    cross-attention layers (Mllama names both ``q_proj`` ... ``o_proj``); add ``gate_proj``,
+    ``up_proj`` and ``down_proj`` for the MLPs.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    rank: int = Field(default=16, ge=1)
+    alpha: float = Field(default=32.0, gt=0, description="updates are scaled by alpha / rank")
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1
+    )
 
 
 class PromotionRule(BaseModel):
@@ -48,7 +67,14 @@ class TrainConfig(BaseModel):
     variant: Literal[VARIANTS] = "full"  # type: ignore[valid-type]
     strategy: Literal[STRATEGIES] = Field(  # type: ignore[valid-type]
         default="full",
-        description="what of the MLLM trains: all of it, its cross-attention layers, or nothing",
+        description="what of the MLLM trains: all of it, its cross-attention layers, LoRA "
+        "adapters on its language model, or nothing",
+    )
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    distributed: Literal[DISTRIBUTED] = Field(  # type: ignore[valid-type]
+        default="none",
+        description="fsdp: shard a full fine-tune over the processes torchrun starts "
+        "(mdf train --nproc N)",
     )
     epochs: int = Field(default=20, ge=1)
     batch_size: int = Field(default=8, ge=1)
@@ -84,6 +110,11 @@ class TrainConfig(BaseModel):
         unknown = set(self.learning_rates) - {"unet", "fusion", "film", "mllm", "default"}
         if unknown:
             raise ValueError(f"learning_rates: unknown components {sorted(unknown)}")
+        if self.distributed == "fsdp" and self.strategy != "full":
+            raise ValueError(
+                f"distributed: fsdp shards a full fine-tune (strategy: full), not {self.strategy}; "
+                "LoRA and the partial strategies fit one GPU"
+            )
         return self
 
     @classmethod

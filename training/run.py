@@ -20,7 +20,7 @@ from db.model_versions import promote, promoted_version, register_version
 from db.models import TrainingRun, utcnow
 from db.session import session_factory
 from mdf.settings import Settings
-from training import plots
+from training import distributed, plots
 from training.config import TrainConfig
 from training.dataset import PreparedSet, labelled_examples, prepare
 from training.metrics import Evaluation, evaluate
@@ -105,6 +105,7 @@ def train_on(
 ) -> tuple[Any, History]:
     """Fine-tune a copy of ``start`` on ``examples`` (a patient-grouped part validates);
     ``state`` is where training resumes from and saves to after every epoch."""
+    distributed.lead(start, examples, config, state)  # the other ranks join (FSDP)
     classifier = load_for_training(start, config)
     split = validation_split(examples, config)
     train, validation = prepare(classifier, split.train), prepare(classifier, split.evaluation)

@@ -7,14 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
-import redis
 import torch
 from sqlalchemy import select
 
 from db.models import ModelVersion, Promotion, TrainingRun
 from mdf.settings import Settings
-from mdf.synthetic.delivery import write_dataset
-from scheduler.service import Scheduler
 from training.config import EarlyStopping, TrainConfig
 from training.memory import estimate
 from training.run import STATE_FILE, load_for_training, train_and_evaluate
@@ -183,13 +180,6 @@ def test_dry_run_estimate_for_the_11b_preset() -> None:
     assert 10.5e9 < full.total_parameters < 11.2e9
     assert full.total_gib > 80 > partial.total_gib  # full AdamW cannot fit one 80 GB GPU
     assert partial.trainable_parameters["mllm"] < full.trainable_parameters["mllm"] / 4
-
-
-@pytest.fixture
-def labelled_night(settings: Settings, broker: redis.Redis, tmp_path: Path) -> Settings:
-    inbox = write_dataset(tmp_path / "inbox", 24, seed=4, size=96, dicom_fraction=0.25)
-    Scheduler(settings).ingest(inbox, "labelled")  # the manifest carries the labels
-    return settings
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # the model's part is slow
