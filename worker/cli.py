@@ -19,7 +19,11 @@ from mdf.settings import Settings
 log = structlog.get_logger(__name__)
 
 #: The task module each queue's worker imports; ``intake`` is served by ``mdf scheduler``.
-TASK_MODULES = {"inference": "worker.tasks", "training": "training.tasks"}
+TASK_MODULES = {
+    "inference": "worker.tasks",
+    "training": "training.tasks",
+    "deliver": "delivery.tasks",  # results sent back to the PACS (no GPU, no model)
+}
 
 EXIT_SOME_FAILED = 1
 

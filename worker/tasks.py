@@ -15,8 +15,9 @@ from typing import Any
 import structlog
 from celery import Task, shared_task
 
+from db.deliveries import finished_dicom_studies
 from db.session import session_factory
-from mdf.celery_app import CLASSIFY_CHUNK, app_settings
+from mdf.celery_app import CLASSIFY_CHUNK, DELIVER_STUDY, app_settings
 from mdf.logs import summarise_error
 from mdf.metrics import observe_chunk
 from worker.inference import TRANSIENT_ERRORS, Pipeline
@@ -78,4 +79,9 @@ def classify_chunk(self: Task, image_ids: list[int]) -> dict[str, int]:
         started = time.perf_counter()
         counts = pipeline.run(image_ids, token=self.request.id).counts()
         observe_chunk(time.perf_counter() - started, counts)
+        if settings.results_destinations:  # the chunk may have finished DICOM studies
+            with pipeline.sessions() as session:
+                finished = finished_dicom_studies(session, image_ids=image_ids)
+            for study_id in finished:
+                self.app.send_task(DELIVER_STUDY, kwargs={"study_id": study_id})
         return counts

@@ -52,6 +52,34 @@ def answer(index: int, image_id: int, mask: Path | None) -> dict[str, object]:
     }
 
 
+def classify_registered(settings: Settings, study_uid: str | None = None) -> list[int]:
+    """Answer every registered DICOM image (of ``study_uid``) as a worker would: a prediction
+    of one model version each, a vessel mask at the image's size; their image ids."""
+    sessions = session_factory(settings.resolved_database_url)
+    masks = settings.masks_dir / MODEL
+    masks.mkdir(parents=True, exist_ok=True)
+    with sessions.begin() as session:
+        version = register_version(
+            session,
+            path=masks,
+            manifest_sha256=MODEL_SHA,
+            labels=["acquired", "inherited"],
+            name=MODEL,
+            preset="tiny",
+        )
+        query = sa.select(Image).where(Image.status == ImageStatus.REGISTERED)
+        if study_uid is not None:
+            query = query.where(Image.study_uid == study_uid)
+        images = session.scalars(query.order_by(Image.study_uid, Image.id)).all()
+        for index, image in enumerate(images):
+            mask = masks / f"{image.id}.vessels.png"
+            PILImage.fromarray(vessels(image.height, image.width)).save(mask)
+            session.add(Prediction(model_version_id=version.id, **answer(index, image.id, mask)))
+            image.status = ImageStatus.DONE
+            image.finished_at = utcnow()
+        return [image.id for image in images]
+
+
 def classified_study(
     settings: Settings,
     folder: Path,
@@ -72,24 +100,4 @@ def classified_study(
     )
     sessions = session_factory(settings.resolved_database_url)
     ingest(folder, settings=settings, sessions=sessions, batch_name=batch)
-    masks = settings.masks_dir / MODEL
-    masks.mkdir(parents=True, exist_ok=True)
-    with sessions.begin() as session:
-        version = register_version(
-            session,
-            path=folder,
-            manifest_sha256=MODEL_SHA,
-            labels=["acquired", "inherited"],
-            name=MODEL,
-            preset="tiny",
-        )
-        images = session.scalars(
-            sa.select(Image).where(Image.study_uid == study_uid).order_by(Image.id)
-        ).all()
-        for index, image in enumerate(images):
-            mask = masks / f"{image.id}.vessels.png"
-            PILImage.fromarray(vessels(image.height, image.width)).save(mask)
-            session.add(Prediction(model_version_id=version.id, **answer(index, image.id, mask)))
-            image.status = ImageStatus.DONE
-            image.finished_at = utcnow()
-        return [image.id for image in images]
+    return classify_registered(settings, study_uid)

@@ -3,7 +3,6 @@ what was found and nothing of ours; their UIDs derived, not drawn."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ from mdf.imaging.dicom_writer import write_dicom_op
 from mdf.settings import Settings
 from scheduler.intake import ingest
 from tests.delivery.classified import MODEL, PATIENT_ID, PATIENT_NAME, classified_study
-from tests.dicom_peers import need
+from tests.delivery.dciodvfy import dciodvfy
 
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
@@ -47,13 +46,6 @@ def built(settings: Settings) -> dict[str, Dataset]:
     return named
 
 
-def dciodvfy(dataset: Dataset, path: Path) -> str:
-    dataset.save_as(path, enforce_file_format=True)
-    program = need("dciodvfy", "dicom3tools")
-    run = subprocess.run([program, str(path)], capture_output=True, text=True, timeout=60)
-    return run.stdout + run.stderr
-
-
 def content_items(dataset: Dataset) -> list[Dataset]:
     """Every SR content item, depth first."""
     found = []
@@ -76,8 +68,7 @@ def test_every_object_passes_dciodvfy_and_sits_in_the_source_study(
     sources = sorted((tmp_path / "camera").glob("*.dcm"))
     source = dcmread(sources[0])
     for kind, dataset in objects.items():
-        report = dciodvfy(dataset, tmp_path / f"{kind}.dcm")
-        errors = [line for line in report.splitlines() if line.startswith("Error")]
+        report, errors = dciodvfy(dataset, tmp_path / f"{kind}.dcm")
         assert not errors, f"{kind}:\n{report}"
         assert dataset.StudyInstanceUID == source.StudyInstanceUID
         assert dataset.SeriesInstanceUID != source.SeriesInstanceUID  # a new series
