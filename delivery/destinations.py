@@ -19,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
+from pynetdicom.association import Association
 from pynetdicom.sop_class import Comprehensive3DSRStorage, SegmentationStorage
 
 from mdf.dicomweb import client_for
@@ -83,14 +84,9 @@ class CStore:
     def send(self, objects: Sequence[Dataset]) -> Outcomes:
         association = self.ae.associate(self.host, self.port, ae_title=self.called)
         if not association.is_established:
-            why = (
-                "rejected"
-                if association.is_rejected
-                else "aborted"
-                if association.is_aborted
-                else "not answered"
+            return dict.fromkeys(
+                _uids(objects), f"association {_refusal(association)} by {self.name}"
             )
-            return dict.fromkeys(_uids(objects), f"association {why} by {self.name}")
         outcomes: Outcomes = {}
         try:
             for item in objects:
@@ -101,15 +97,21 @@ class CStore:
         return outcomes
 
     @staticmethod
-    def _store(association: object, item: Dataset) -> str | None:
+    def _store(association: Association, item: Dataset) -> str | None:
         try:
-            status = association.send_c_store(item)  # type: ignore[attr-defined]
+            status = association.send_c_store(item)
         except Exception as error:  # no accepted context, the connection lost
             return summarise_error(error)
         code = status.get("Status") if status else None
         if code is None:
             return "C-STORE got no answer (association lost)"
         return None if code in STORED else f"C-STORE status 0x{code:04X}"
+
+
+def _refusal(association: Association) -> str:
+    if association.is_rejected:
+        return "rejected"
+    return "aborted" if association.is_aborted else "not answered"
 
 
 def destination(text: str, settings: Settings) -> Destination:

@@ -4,6 +4,7 @@ by the deliver queue, once each however often they are sent, and after an outage
 from __future__ import annotations
 
 import os
+import subprocess
 from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime
@@ -23,7 +24,7 @@ from mdf.settings import Settings
 from mdf.synthetic.fundus import generate_case
 from tests.delivery.classified import PATIENT_ID, PATIENT_NAME, classified_study
 from tests.delivery.dciodvfy import dciodvfy
-from tests.dicom_peers import Orthanc, wait_for
+from tests.dicom_peers import Orthanc, listener, need, wait_for
 from tests.in_process import mdf_command
 from tests.worker.worker_processes import WorkerProcess
 
@@ -117,11 +118,35 @@ def test_a_destination_that_cannot_be_reached_fails_with_its_reason(
         assert code == 1, err
         assert "0 objects sent" in out and "2 failed" in out
         assert "failed (2): ConnectionError" in out
+        node = f"dicom:ORTHANC@127.0.0.1:{nobody.dicom_port}"
+        code, out, err = mdf("deliver", "--to", node)
+        assert code == 1, err
+        assert f"failed (2): association aborted by {node}" in out
         code, _, err = mdf("deliver", "--to", "ftp://pacs")
         assert code == 2 and "expected dicomweb:URL or dicom:AET@HOST:PORT" in err
     rows = deliveries(settings)
-    assert [(row.status, row.attempts) for row in rows] == [(DeliveryStatus.FAILED, 1)] * 2
-    assert all(row.reason.startswith("ConnectionError") for row in rows)
+    assert [(row.status, row.attempts) for row in rows] == [(DeliveryStatus.FAILED, 1)] * 4
+    stow, c_store = rows[:2], rows[2:]
+    assert all(row.reason.startswith("ConnectionError") for row in stow)
+    assert {row.destination for row in c_store} == {node}
+
+
+def fundus_study(folder: Path, study: str) -> list[Path]:
+    """Two gradable fundus photographs (right and left eye) of one study, as OP files."""
+    return [
+        write_dicom_op(
+            folder / f"{i}",
+            generate_case(i, size=160).image,
+            study_uid=study,
+            series_uid=f"{study}.1",
+            sop_uid=f"{study}.1.{i + 1}",
+            laterality="RL"[i],
+            patient_id=PATIENT_ID,
+            patient_name=PATIENT_NAME,
+            acquired=datetime(2026, 3, 10, 9, 30),
+        )
+        for i in range(2)
+    ]
 
 
 def start_worker(tmp_path: Path, name: str, queues: str, **env: str) -> WorkerProcess:
@@ -180,21 +205,7 @@ def test_pull_classify_and_the_results_come_back_to_the_pacs(
     """Instances stored into Orthanc, ``mdf pull``, a real worker with the tiny model, and the
     SR and SEG found back in the same study, sent by the deliver queue on its own."""
     study = "1.2.826.0.1.3680043.8.498.5151"
-    camera = tmp_path / "camera"
-    files = [
-        write_dicom_op(
-            camera / f"{i}",
-            generate_case(i, size=160).image,
-            study_uid=study,
-            series_uid=f"{study}.1",
-            sop_uid=f"{study}.1.{i + 1}",
-            laterality="RL"[i],
-            patient_id=PATIENT_ID,
-            patient_name=PATIENT_NAME,
-            acquired=datetime(2026, 3, 10, 9, 30),
-        )
-        for i in range(2)
-    ]
+    files = fundus_study(tmp_path / "camera", study)
     orthanc.upload(files)
     destination = f"dicomweb:{orthanc.dicomweb}"
     for name, value in {
@@ -228,3 +239,43 @@ def test_pull_classify_and_the_results_come_back_to_the_pacs(
         assert (dataset.PatientID, dataset.StudyInstanceUID) == (PATIENT_ID, study)
         report, errors = dciodvfy(dataset, tmp_path / f"{row.kind}-{row.id}.dcm")
         assert not errors, report
+
+
+@pytest.mark.slow
+def test_a_camera_sends_to_the_listener_and_the_results_go_to_a_dicom_node(
+    settings: Settings,
+    broker: redis.Redis,
+    orthanc: Orthanc,
+    tiny_checkpoint: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """storescu (a camera) into ``mdf dicom listen``, a real worker, and the SR and SEG stored
+    by C-STORE into the PACS, in the photographs' study."""
+    storescu = need("storescu", "dcmtk")
+    study = "1.2.826.0.1.3680043.8.498.6161"
+    files = fundus_study(tmp_path / "camera", study)
+    settings_env = {
+        "MDF_MODEL_DIR": str(tiny_checkpoint),
+        "MDF_RESULTS_DESTINATIONS": f"dicom:ORTHANC@127.0.0.1:{orthanc.dicom_port}",
+        "MDF_DICOM_ALLOWED_AES": "CAMERA",
+        "MDF_DICOM_STUDY_QUIET_S": "0.5",
+    }
+    for name, value in settings_env.items():
+        monkeypatch.setenv(name, value)
+    worker = start_worker(tmp_path, "camera", "inference,deliver")
+    try:
+        with listener(tmp_path) as running:
+            command = [storescu, "-aet", "CAMERA", "-aec", "MDF", "127.0.0.1", str(running.port)]
+            sent = subprocess.run([*command, *map(str, files)], capture_output=True, timeout=60)
+            assert sent.returncode == 0, sent.stderr
+            wait_for(lambda: stored(orthanc, study)["SEG"] == 2, 240, "the SR and SEG in the PACS")
+            listen_log = running.log.read_text()
+        log = worker.log()
+    finally:
+        worker.stop()
+    assert stored(orthanc, study) == Counter({"SR": 1, "SEG": 2})
+    rows = deliveries(settings)
+    assert {row.status for row in rows} == {DeliveryStatus.SENT} and len(rows) == 3
+    assert {row.destination for row in rows} == {settings_env["MDF_RESULTS_DESTINATIONS"]}
+    assert not [text for text in (PATIENT_ID, "Doe", study) if text in log + listen_log]

@@ -15,6 +15,7 @@ from pydicom.dataset import Dataset
 from db.deliveries import finished_dicom_studies
 from db.models import Image
 from db.session import session_factory
+from delivery.destinations import destination
 from delivery.objects import SEG, SR, build, plan
 from delivery.results import StudyResults, study_results
 from mdf.imaging.dicom_writer import write_dicom_op
@@ -240,3 +241,10 @@ def test_destinations_are_checked_when_the_settings_are_read() -> None:
     for wrong in ("pacs.example.org", "dicom:PACS@host", "dicom:AN-AE-TITLE-TOO-LONG@h:104"):
         with pytest.raises(ValidationError, match="results_destinations"):
             Settings(results_destinations=wrong)
+
+
+def test_a_destination_is_recorded_without_the_credentials_of_its_url() -> None:
+    settings = Settings()
+    stow = destination("dicomweb:https://mdf:s3cret@pacs.example.org:8443/dicom-web", settings)
+    assert stow.name == "dicomweb:https://pacs.example.org:8443/dicom-web"
+    assert destination("dicom:PACS@10.0.0.5:104", settings).name == "dicom:PACS@10.0.0.5:104"
