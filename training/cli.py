@@ -114,6 +114,8 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
         raise CommandError(str(error)) from error
     print(f"run {result.run_id}: version {result.version} in {result.seconds:.0f} s")
     for name, scores in result.metrics.items():
+        if "accuracy" not in scores:  # the referral thresholds: in the report
+            continue
         print(f"  {name:<28} accuracy {scores['accuracy']:.3f}  macro F1 {scores['macro_f1']:.3f}")
     print(f"  {'promoted' if result.promoted else 'not promoted'}: {result.reason}")
     print(f"  report: {result.report}")

@@ -245,11 +245,10 @@ class Sharded(Local):
         0 can record the run as failed before it exits."""
         try:
             yield
-        except RankFailed:
+        except BaseException as error:
             _disarm()
-            raise
-        except dist.DistError as error:
-            _disarm()
+            if isinstance(error, RankFailed) or not _lost_peer(error):
+                raise
             raise RankFailed(
                 f"training process {self.rank} of {self.world} lost another process of "
                 f"the run ({type(error).__name__}: {str(error).splitlines()[0][:200]})"
@@ -265,7 +264,7 @@ class Sharded(Local):
         state = get_model_state_dict(model, options=_FULL)
         if not self.leader:
             return model
-        dtype = next(iter(state.values())).dtype
+        dtype = next(model.parameters()).dtype
         plain = MDFModel.from_config(model.config, device="meta", dtype=dtype)
         plain.to_empty(device=model.device)
         plain.load_state_dict(state)
@@ -277,6 +276,12 @@ class Sharded(Local):
         plain.set_frozen(model.frozen)
         classifier.model = plain
         return plain
+
+
+def _lost_peer(error: BaseException) -> bool:
+    """Whether a collective failed: NCCL raises DistError, gloo a RuntimeError naming its
+    transport ("[.../gloo/transport/tcp/pair.cc] Read error ... Connection reset by peer")."""
+    return isinstance(error, dist.DistError) or "gloo/transport" in str(error)
 
 
 def engine(config: TrainConfig) -> Local:
