@@ -7,6 +7,7 @@ import argparse
 import os
 import subprocess
 import sys
+import tomllib
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from mdf.celery_app import app_settings, create_app
 from mdf.cli import COMMANDS_GROUP, build_parser, load_settings
 from mdf.settings import Settings
 
-PACKAGES_WITH_COMMANDS = {"db", "scheduler", "worker", "training", "analysis", "synthetic", "model"}
+PYPROJECT = Path(__file__).parents[2] / "pyproject.toml"
 
 
 def mdf(*args: str) -> subprocess.CompletedProcess[str]:
@@ -64,8 +65,10 @@ def test_flags_beat_the_environment_which_beats_the_env_file(
 
 
 def test_the_root_parser_gets_every_command_from_the_entry_points() -> None:
+    declared = tomllib.loads(PYPROJECT.read_text())["project"]["entry-points"][COMMANDS_GROUP]
     found = entry_points(group=COMMANDS_GROUP)
-    assert set(found.names) == PACKAGES_WITH_COMMANDS
+    installed = {entry_point.name: entry_point.value for entry_point in found}
+    assert installed == declared, "the installed entry points are stale: pip install -e ."
     expected: set[str] = set()
     for entry_point in found:
         parser = argparse.ArgumentParser()
@@ -73,6 +76,7 @@ def test_the_root_parser_gets_every_command_from_the_entry_points() -> None:
         expected |= commands(parser)
     assert commands(build_parser()) == expected
     assert {"db", "status", "run-batch", "worker", "classify", "promote", "synth"} <= expected
+    assert {"dicom", "pull", "deliver"} <= expected
 
 
 def test_tasks_read_the_settings_their_app_was_built_from(tmp_path: Path) -> None:
