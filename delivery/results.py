@@ -23,22 +23,9 @@ from sqlalchemy.orm import Session
 from db.deliveries import DICOM
 from db.models import Image, ModelVersion, Prediction
 from db.stored_path import from_stored
+from db.views import STUDY_RESULTS
 
 __all__ = ["ImageResult", "ModelRef", "StudyResults", "study_results"]
-
-#: The view's columns this module reads (``db/migrations/versions/0005``).
-STUDY_RESULTS = sa.table(
-    "study_results",
-    sa.column("image_id", sa.Integer()),
-    sa.column("gradable", sa.Boolean()),
-    sa.column("quality_score", sa.Float()),
-    sa.column("quality_reason", sa.String()),
-    sa.column("label", sa.String()),
-    sa.column("generated_text", sa.String()),
-    sa.column("referable", sa.Boolean()),
-    sa.column("referral_probability", sa.Float()),
-    sa.column("model_version", sa.String()),
-)
 
 
 @dataclass(frozen=True)
