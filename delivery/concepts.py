@@ -1,10 +1,11 @@
 """The coded concepts of our result objects, and who made them.
 
-Standard codes (DICOM's DCM, SNOMED CT) name what a viewer knows: a finding, image
-quality, a recommendation, the retina and its blood vessels. What only this service
-means (its labels, gradable or not, referable or not, a quality reason, the model's
-generated answer) is coded in a private scheme, ``99MDF``, which each SR declares in its
-Coding Scheme Identification Sequence as the standard asks of a private scheme.
+Standard codes (DICOM's DCM, SNOMED CT, and UMLS where TID 1500 uses it) name what a
+viewer knows: a finding, image quality, a recommendation, the retina and its blood
+vessels. What only this service means (its labels, gradable or not, referable or not,
+refer or not and why, a quality reason, the model's generated answer) is coded in a
+private scheme, ``99MDF``, which each SR declares in its Coding Scheme Identification
+Sequence as the standard asks of a private scheme.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ ANATOMICAL_STRUCTURE = codes.SCT.AnatomicalStructure
 LATERALITY = {"R": codes.SCT.Right, "L": codes.SCT.Left}
 ARTIFICIAL_INTELLIGENCE = codes.cid7162.ArtificialIntelligence
 PROCEDURE = CodedConcept("410451008", "SCT", "Ophthalmic photography")
+#: TID 1500's container of the report's own evaluations (row 12): the study's decision.
+QUALITATIVE_EVALUATIONS = CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
 
 GRADABLE = mdf_code("GRADABLE", "Gradable")
 UNGRADABLE = mdf_code("UNGRADABLE", "Ungradable")
@@ -49,6 +52,9 @@ REFERABLE = mdf_code("REFERABLE", "Referable")
 NOT_REFERABLE = mdf_code("NOT-REFERABLE", "Not referable")
 REFERRAL_PROBABILITY = mdf_code("REFERRAL-P", "Referral probability")
 MODEL_ANSWER = mdf_code("MODEL-ANSWER", "Model's generated answer")
+#: The study's decision (screening_outcomes.decision) and why (its reason).
+DECISION = {"refer": mdf_code("REFER", "Refer"), "no_refer": mdf_code("NO-REFER", "Do not refer")}
+DECISION_REASON = mdf_code("DECISION-REASON", "Reason for the decision")
 
 
 def label(name: str) -> CodedConcept:

@@ -5,7 +5,8 @@ else the newest), with its label, probability and text withheld when the image i
 ungradable: those are not results. Images that came as JPEG or PNG are never answered in
 DICOM, and an image without a prediction (rejected, failed) is not in the objects.
 A study's images are grouped per DICOM study and model version: each group is answered by
-its own SR and SEGs, whose UIDs derive from both.
+its own SR and SEGs, whose UIDs derive from both. Each group also carries the study's
+screening decision as the ``screening_outcomes`` view makes it (refer or not, and why).
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from sqlalchemy.orm import Session
 from db.deliveries import DICOM
 from db.models import Image, ModelVersion, Prediction
 from db.stored_path import from_stored
-from db.views import STUDY_RESULTS
+from db.views import SCREENING_OUTCOMES, STUDY_RESULTS
 
-__all__ = ["ImageResult", "ModelRef", "StudyResults", "study_results"]
+__all__ = ["Decision", "ImageResult", "ModelRef", "StudyResults", "study_decision", "study_results"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,14 @@ class ImageResult:
 
 
 @dataclass(frozen=True)
+class Decision:
+    """The study's screening decision as ``screening_outcomes`` makes it, and its reason."""
+
+    decision: str  # refer | no_refer
+    reason: str
+
+
+@dataclass(frozen=True)
 class StudyResults:
     """One DICOM study's images answered by one model version."""
 
@@ -66,6 +75,22 @@ class StudyResults:
     study_uid: str
     model: ModelRef
     images: tuple[ImageResult, ...]
+    decision: Decision | None = None  # None while pending, or when decided per night
+
+
+def study_decision(session: Session, study_id: int) -> Decision | None:
+    """The study's decision, when one night took in all of it and it is no longer pending.
+
+    The view decides a study delivered over two nights per night, on that night's images:
+    neither decision is the whole study's, so its SR carries none.
+    """
+    view = SCREENING_OUTCOMES.c
+    rows = session.execute(
+        sa.select(view.decision, view.reason).where(view.study == study_id)
+    ).all()
+    if len(rows) != 1 or rows[0].decision == "pending":
+        return None
+    return Decision(rows[0].decision, rows[0].reason)
 
 
 def _image(row: Any) -> ImageResult:
@@ -131,12 +156,14 @@ def study_results(session: Session, study_id: int) -> list[StudyResults]:
         )
         .order_by(Image.study_uid, ModelVersion.id, Image.id)
     ).all()
+    decision = study_decision(session, study_id) if rows else None
     return [
         StudyResults(
             study_id=study_id,
             study_uid=study_uid,
             model=ModelRef(version_id, name, preset, sha),
             images=tuple(_image(row) for row in group),
+            decision=decision,
         )
         for (study_uid, version_id, name, preset, sha), group in groupby(
             rows,

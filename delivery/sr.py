@@ -4,12 +4,14 @@ Each image's measurement group (TID 1501) references its source instance (and fr
 a multi-frame one), names the eye as the finding site and the model as the algorithm,
 and carries what the service found: whether the image is gradable, its quality score and
 reasons, and, for a gradable image, the label (Finding) with each label's probability,
-the referral call with its probability, and the model's generated answer as text. The
-document is complete but neither verified nor final (VerificationFlag UNVERIFIED,
-PreliminaryFlag PRELIMINARY): a person reads it before it counts. highdicom copies the
-patient and study modules of the first source instance and files the SR as a new series
-in that study; its content date is that of the newest prediction, so sending it again
-sends the same document.
+the referral call with its probability, and the model's generated answer as text. Once
+the study is decided (``screening_outcomes``), the report's own Qualitative Evaluations
+(TID 1500 row 12, which highdicom does not build) carry the decision, refer or not, and
+its reason. The document is complete but neither verified nor final (VerificationFlag
+UNVERIFIED, PreliminaryFlag PRELIMINARY): a person reads it before it counts. highdicom
+copies the patient and study modules of the first source instance and files the SR as a
+new series in that study; its content date is that of the newest prediction, so sending
+it again sends the same document.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ from collections.abc import Mapping
 
 from highdicom.sr import (
     AlgorithmIdentification,
+    CodeContentItem,
     Comprehensive3DSR,
+    ContainerContentItem,
+    ContentSequence,
     DeviceObserverIdentifyingAttributes,
     FindingSite,
     Measurement,
@@ -36,7 +41,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from delivery import concepts
-from delivery.results import ImageResult, StudyResults
+from delivery.results import Decision, ImageResult, StudyResults
 from delivery.uids import ResultUids
 
 __all__ = ["SR_SERIES_NUMBER", "build_sr"]
@@ -117,6 +122,20 @@ def _group(
     return group
 
 
+def _decision(decision: Decision) -> ContainerContentItem:
+    """The study's decision and its reason, as the report's own qualitative evaluations."""
+    container = ContainerContentItem(concepts.QUALITATIVE_EVALUATIONS, relationship_type=CONTAINS)
+    container.ContentSequence = ContentSequence(
+        [
+            CodeContentItem(
+                concepts.RECOMMENDATION, concepts.DECISION[decision.decision], CONTAINS
+            ),
+            TextContentItem(concepts.DECISION_REASON, decision.reason, CONTAINS),
+        ]
+    )
+    return container
+
+
 def build_sr(
     study: StudyResults, sources: Mapping[str, Dataset], uids: ResultUids
 ) -> Comprehensive3DSR:
@@ -138,6 +157,8 @@ def build_sr(
             for number, image in enumerate(study.images, 1)
         ],
     )
+    if study.decision is not None:
+        report[0].ContentSequence.append(_decision(study.decision))
     newest = max(image.predicted_at for image in study.images)
     return Comprehensive3DSR(
         evidence=list({image.sop_uid: sources[image.sop_uid] for image in study.images}.values()),

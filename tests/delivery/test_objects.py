@@ -7,22 +7,30 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 from PIL import Image as PILImage
 from pydantic import ValidationError
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from db.deliveries import finished_dicom_studies
-from db.models import Image
+from db.models import Image, ImageStatus, Prediction
 from db.session import session_factory
 from delivery.destinations import destination
 from delivery.objects import SEG, SR, build, plan
-from delivery.results import StudyResults, study_results
+from delivery.results import StudyResults, study_decision, study_results
 from mdf.imaging.dicom_writer import write_dicom_op
 from mdf.settings import Settings
 from scheduler.intake import ingest
-from tests.delivery.classified import MODEL, PATIENT_ID, PATIENT_NAME, classified_study
+from tests.delivery.classified import (
+    MODEL,
+    PATIENT_ID,
+    PATIENT_NAME,
+    classified_study,
+    classify_registered,
+)
 from tests.delivery.dciodvfy import dciodvfy
+from tests.dicom_peers import write_instances
 
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
@@ -142,6 +150,79 @@ def test_the_sr_carries_each_image_as_found_and_the_model_that_found_it(
     assert "inherited retinal disease" in referable[2]["Model's generated answer"]
     assert not_referable[0]["Recommendation"] == "Not referable"
     assert not_referable[0]["Finding"] == "acquired"
+
+
+def decision_in(sr: Dataset) -> dict[str, str] | None:
+    """The SR's own qualitative evaluations (the study's decision), by concept name."""
+    found = [
+        item
+        for item in sr.ContentSequence
+        if meaning(item, "ConceptNameCodeSequence") == "Qualitative Evaluations"
+    ]
+    if not found:
+        return None
+    (evaluations,) = found
+    return {
+        meaning(item, "ConceptNameCodeSequence"): (
+            meaning(item, "ConceptCodeSequence") if item.ValueType == "CODE" else item.TextValue
+        )
+        for item in evaluations.ContentSequence
+    }
+
+
+def test_the_sr_carries_the_study_decision_and_its_reason(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The decision of screening_outcomes: refer (an eye referable), then, once every image
+    is gradable and none referable, do not refer; each SR valid."""
+    classified_study(settings, tmp_path / "camera")
+    refer = built(settings)["sr"]
+    assert decision_in(refer) == {
+        "Recommendation": "Refer",
+        "Reason for the decision": "left eye referable",
+    }
+    report, errors = dciodvfy(refer, tmp_path / "refer.dcm")
+    assert not errors, report
+    with session_factory(settings.resolved_database_url).begin() as session:
+        session.execute(sa.update(Prediction).values(gradable=True, referable=False))
+    no_refer = built(settings)["sr"]
+    assert decision_in(no_refer) == {
+        "Recommendation": "Do not refer",
+        "Reason for the decision": "no referable finding in either eye",
+    }
+    report, errors = dciodvfy(no_refer, tmp_path / "no-refer.dcm")
+    assert not errors, report
+
+
+@sqlite_only
+def test_a_study_pending_or_taken_in_over_two_nights_carries_no_decision(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Pending, the study is not decided; over two nights the view decides each night on its
+    own images, neither the whole study's decision."""
+    sessions = session_factory(settings.resolved_database_url)
+    first, second = tmp_path / "first", tmp_path / "second"
+    files = write_instances(first, 3, study_uid="1.2.826.0.1.3680043.8.498.77")
+    second.mkdir()
+    last = max(files)
+    last.rename(second / last.name)
+    ingest(first, settings=settings, sessions=sessions, batch_name="night-1")
+    image_ids = classify_registered(settings)
+    with sessions.begin() as session:
+        study_id = session.get(Image, image_ids[0]).study_id
+        session.get(Image, image_ids[0]).status = ImageStatus.QUEUED
+    with sessions() as session:
+        assert study_decision(session, study_id) is None  # pending
+    with sessions.begin() as session:
+        session.get(Image, image_ids[0]).status = ImageStatus.DONE
+    with sessions() as session:
+        assert study_decision(session, study_id) is not None  # one night, decided
+    ingest(second, settings=settings, sessions=sessions, batch_name="night-2")
+    classify_registered(settings)
+    (results,) = results_of(settings)
+    assert len(results.images) == 3 and results.decision is None
+    sr = plan(results)[0]
+    assert decision_in(build([sr])[sr.uid]) is None
 
 
 @sqlite_only
