@@ -251,7 +251,7 @@ class Sharded(Local):
                 raise
             raise RankFailed(
                 f"training process {self.rank} of {self.world} lost another process of "
-                f"the run ({type(error).__name__}: {str(error).splitlines()[0][:200]})"
+                f"the run ({type(error).__name__}: {str(error).split('. ')[0][:300]})"
             ) from error
 
     def unshard(self, classifier: Any) -> nn.Module:
@@ -378,17 +378,20 @@ def run_worker(config: TrainConfig, settings: Any) -> Any:
 
 
 def describe(failures: Mapping[int, Any]) -> str:
-    """torchrun's failed processes, one clause each: the one that failed first named first
-    (a signal other than SIGTERM, or an exit code), then those torchrun stopped."""
+    """torchrun's failed processes, one clause each, the likely cause first: those a
+    signal ended (SIGKILL: killed, out of memory), then those that exited with an error
+    (often because they lost the first), then those torchrun stopped with SIGTERM."""
 
     def clause(rank: int, failure: Any) -> str:
         if failure.exitcode < 0:
             return f"rank {rank} (pid {failure.pid}) ended by {failure.signal_name()}"
         return f"rank {rank} (pid {failure.pid}) exited with code {failure.exitcode}"
 
-    stopped = [r for r, f in failures.items() if f.exitcode == -signal.SIGTERM]
-    first = [r for r in sorted(failures) if r not in stopped] + sorted(stopped)
-    return "; ".join(clause(rank, failures[rank]) for rank in first)
+    def order(rank: int) -> tuple[int, int]:
+        code = failures[rank].exitcode
+        return (2 if code == -signal.SIGTERM else 0 if code < 0 else 1), rank
+
+    return "; ".join(clause(rank, failures[rank]) for rank in sorted(failures, key=order))
 
 
 def launch(nproc: int, argv: Sequence[str]) -> None:
