@@ -3,10 +3,13 @@
 A study is finished when none of its images is pending any more; it has something to
 deliver when one of them came as DICOM. The worker asks after writing a chunk, so the
 study's last chunk to finish sends it to the deliver queue (each chunk asks after its own
-commit: the last one sees every other done). Every object a delivery plans gets a row per
-destination (``record``); a sender holds the rows it is about to send with a lease
-(``claim``, one ``UPDATE ... RETURNING``), so two senders of one study never send the same
-object at once, and writes the outcome of each attempt (``record_attempts``).
+commit: the last one sees every other done). A study that message never reached (its last
+image given up on by requeue, or finished while the broker was away) has no row for a
+destination: the scheduler's sweep finds it (``undelivered_studies``). Every object a
+delivery plans gets a row per destination (``record``); a sender holds the rows it is about
+to send with a lease (``claim``, one ``UPDATE ... RETURNING``), so two senders of one study
+never send the same object at once, and writes the outcome of each attempt
+(``record_attempts``).
 """
 
 from __future__ import annotations
@@ -14,22 +17,25 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from urllib.parse import urlsplit, urlunsplit
 
 from sqlalchemy import ColumnElement, Select, bindparam, exists, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from db.lifecycle import PENDING
-from db.models import Batch, Delivery, DeliveryStatus, Image, utcnow
+from db.models import Batch, Delivery, DeliveryStatus, Image, Prediction, utcnow
 from db.upsert import insert_new
 
 __all__ = [
     "DICOM",
     "PlannedObject",
     "claim",
+    "destination_name",
     "finished_dicom_studies",
     "is_finished",
     "record",
     "record_attempts",
+    "undelivered_studies",
 ]
 
 #: ``images.file_kind`` of a file that came as DICOM: only those get DICOM results.
@@ -45,6 +51,19 @@ class PlannedObject:
     study_id: int
     model_version_id: int
     image_id: int | None  # the segmented image; None for a study's SR
+
+
+def destination_name(text: str) -> str:
+    """A destination (``dicomweb:URL`` or ``dicom:AET@HOST:PORT``, a form the settings have
+    checked) as its rows name it: without any user or password a URL may carry."""
+    scheme, _, where = text.partition(":")
+    if scheme != "dicomweb":
+        return text
+    parts = urlsplit(where)
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc += f":{parts.port}"
+    return f"dicomweb:{urlunsplit(parts._replace(netloc=netloc))}"
 
 
 def _has_dicom(study_id: ColumnElement[int]) -> ColumnElement[bool]:
@@ -79,6 +98,33 @@ def finished_dicom_studies(
     if batch is not None:
         studies = studies.join(Batch, Batch.id == Image.batch_id).where(Batch.name == batch)
     return list(session.scalars(_finished(studies)))
+
+
+def _answered(study_id: ColumnElement[int]) -> ColumnElement[bool]:
+    """A DICOM image of the study has a prediction: the study has objects to deliver."""
+    image = aliased(Image)
+    return exists().where(
+        image.study_id == study_id,
+        image.file_kind == DICOM,
+        image.sop_uid.is_not(None),
+        image.study_uid.is_not(None),
+        Prediction.image_id == image.id,
+    )
+
+
+def undelivered_studies(session: Session, destinations: Sequence[str], *, limit: int) -> list[int]:
+    """Finished DICOM studies with an answered image and no row yet for one of
+    ``destinations`` (their names), at most ``limit``, lowest id first."""
+    if not destinations:
+        return []
+    study_id = Image.study_id
+    missing = [
+        ~exists().where(Delivery.study_id == study_id, Delivery.destination == name)
+        for name in destinations
+    ]
+    studies = select(study_id).where(study_id.is_not(None))
+    query = _finished(studies).where(_answered(study_id), or_(*missing)).limit(limit)
+    return list(session.scalars(query))
 
 
 def is_finished(session: Session, study_id: int) -> bool:

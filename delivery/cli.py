@@ -1,8 +1,9 @@
 """``mdf deliver``: send finished DICOM studies' SR and SEG to the PACS by hand.
 
-The deliver queue sends each study as it finishes; this sends what is still unsent (a
-destination added later, a PACS that was down past the retries), or, with ``--resend``,
-everything again under the same UIDs.
+The deliver queue sends each study as it finishes, and the scheduler's sweep each one the
+worker's message never reached, to every configured destination; this sends what is still
+unsent (a PACS that was down past the retries, a destination named with ``--to``), or, with
+``--resend``, everything again under the same UIDs.
 """
 
 from __future__ import annotations

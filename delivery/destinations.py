@@ -1,12 +1,13 @@
 """Where results go: a DICOMweb server (STOW-RS) or a DICOM node (C-STORE).
 
-A destination is written ``dicomweb:URL`` or ``dicom:AET@HOST:PORT`` (``MDF_RESULTS_DESTINATIONS``,
-``mdf deliver --to``; the settings check the form). Its name, as the deliveries table
-records it, is that text without any user or password a URL may carry. ``send`` stores a
-study's objects and answers for each: ``None`` when stored, else why not, in one line
-that quotes no value. STOW-RS posts them in one request, which the client retries with
-backoff (``mdf.dicomweb``); C-STORE sends them over one association, calling as
-``MDF_DICOM_AE_TITLE``.
+A destination is written ``dicomweb:URL`` or ``dicom:AET@HOST:PORT``
+(``MDF_RESULTS_DESTINATIONS``, ``mdf deliver --to``; the settings check the form). Its
+name, as the deliveries table records it, is that text without any user or password a URL
+may carry (``db.deliveries.destination_name``, which the scheduler's sweep reads too).
+``send`` stores a study's objects and answers for each: ``None`` when stored, else why not,
+in one line that quotes no value. STOW-RS posts them in one request, which the client
+retries with backoff (``mdf.dicomweb``); C-STORE sends them over one association, calling
+as ``MDF_DICOM_AE_TITLE``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from typing import Protocol
-from urllib.parse import urlsplit, urlunsplit
 
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
@@ -22,6 +22,7 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Comprehensive3DSRStorage, SegmentationStorage
 
+from db.deliveries import destination_name
 from mdf.dicomweb import client_for
 from mdf.logs import summarise_error
 from mdf.settings import Settings
@@ -50,12 +51,8 @@ def _uids(objects: Sequence[Dataset]) -> list[str]:
 
 
 class StowRs:
-    def __init__(self, url: str, settings: Settings):
-        parts = urlsplit(url)
-        where = parts.hostname or ""
-        if parts.port:
-            where += f":{parts.port}"
-        self.name = f"dicomweb:{urlunsplit(parts._replace(netloc=where))}"
+    def __init__(self, name: str, url: str, settings: Settings):
+        self.name = name
         self.client = client_for(url, settings, connections=1)
 
     def send(self, objects: Sequence[Dataset]) -> Outcomes:
@@ -72,8 +69,8 @@ class StowRs:
 
 
 class CStore:
-    def __init__(self, called: str, host: str, port: int, calling: str):
-        self.name = f"dicom:{called}@{host}:{port}"
+    def __init__(self, name: str, called: str, host: str, port: int, calling: str):
+        self.name = name
         self.called, self.host, self.port = called, host, port
         self.ae = AE(ae_title=calling)
         for sop_class in (Comprehensive3DSRStorage, SegmentationStorage):
@@ -116,9 +113,10 @@ def _refusal(association: Association) -> str:
 
 def destination(text: str, settings: Settings) -> Destination:
     """The destination ``text`` names (a form the settings have checked)."""
+    name = destination_name(text)
     scheme, _, where = text.partition(":")
     if scheme == "dicomweb":
-        return StowRs(where, settings)
+        return StowRs(name, where, settings)
     called, _, address = where.rpartition("@")
     host, _, port = address.rpartition(":")
-    return CStore(called, host, int(port), settings.dicom_ae_title)
+    return CStore(name, called, host, int(port), settings.dicom_ae_title)

@@ -26,6 +26,7 @@ REQUEUE_STALLED = "mdf.requeue_stalled"
 REQUEUE_EXPIRED = "mdf.requeue_expired_claims"
 TRAIN = "mdf.train"
 DELIVER_STUDY = "mdf.deliver_study"  # a finished study's SR and SEG, sent to the PACS
+QUEUE_UNDELIVERED = "mdf.queue_undelivered_studies"  # DELIVER_STUDY for studies it never reached
 
 #: The key of ``app.conf`` that holds the settings the app was built from.
 SETTINGS_KEY = "mdf_settings"
@@ -51,6 +52,7 @@ def create_app(settings: Settings) -> Celery:
             SCAN_INBOXES: {"queue": INTAKE_QUEUE},
             REQUEUE_STALLED: {"queue": INTAKE_QUEUE},
             REQUEUE_EXPIRED: {"queue": INTAKE_QUEUE},
+            QUEUE_UNDELIVERED: {"queue": INTAKE_QUEUE},
             TRAIN: {"queue": TRAINING_QUEUE},
             DELIVER_STUDY: {"queue": DELIVER_QUEUE},
         },
@@ -60,24 +62,37 @@ def create_app(settings: Settings) -> Celery:
         task_send_sent_event=True,
         worker_hijack_root_logger=False,
         timezone="UTC",
-        beat_schedule={
-            "scan-inboxes": {
-                "task": SCAN_INBOXES,
-                "schedule": crontab.from_string(settings.scan_cron),
-            },
-            "requeue-stalled": {
-                "task": REQUEUE_STALLED,
-                "schedule": crontab.from_string(settings.requeue_cron),
-            },
-            # A lapsed claim (its worker died) is re-sent within a minute of lapsing; the
-            # query only reads processing images whose lease ran out.
-            "requeue-expired-claims": {"task": REQUEUE_EXPIRED, "schedule": crontab()},
-            "train": {"task": TRAIN, "schedule": crontab.from_string(settings.train_cron)},
-        },
+        beat_schedule=_beat_schedule(settings),
         beat_schedule_filename=str(settings.data_dir / "celerybeat-schedule"),
     )
     app.conf[SETTINGS_KEY] = settings
     return app
+
+
+def _beat_schedule(settings: Settings) -> dict[str, dict[str, object]]:
+    schedule: dict[str, dict[str, object]] = {
+        "scan-inboxes": {
+            "task": SCAN_INBOXES,
+            "schedule": crontab.from_string(settings.scan_cron),
+        },
+        "requeue-stalled": {
+            "task": REQUEUE_STALLED,
+            "schedule": crontab.from_string(settings.requeue_cron),
+        },
+        # A lapsed claim (its worker died) is re-sent within a minute of lapsing; the
+        # query only reads processing images whose lease ran out.
+        "requeue-expired-claims": {"task": REQUEUE_EXPIRED, "schedule": crontab()},
+        "train": {"task": TRAIN, "schedule": crontab.from_string(settings.train_cron)},
+    }
+    if settings.results_destinations:
+        # A study whose last image was given up on, or that finished while the broker was
+        # away, never got the worker's DELIVER_STUDY: the sweep sends it. It reads every
+        # finished DICOM study, so every five minutes rather than every one.
+        schedule["queue-undelivered-studies"] = {
+            "task": QUEUE_UNDELIVERED,
+            "schedule": crontab(minute="*/5"),
+        }
+    return schedule
 
 
 def app_settings(app: Celery) -> Settings:

@@ -9,8 +9,9 @@ import structlog
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
+from db.deliveries import destination_name, undelivered_studies
 from db.session import session_factory
-from mdf.celery_app import create_app
+from mdf.celery_app import DELIVER_QUEUE, DELIVER_STUDY, create_app
 from mdf.logs import summarise_error
 from mdf.settings import Settings
 from scheduler.dispatch import enqueue_registered, requeue_expired, requeue_stalled
@@ -18,6 +19,10 @@ from scheduler.intake import IngestReport, ingest
 from scheduler.pull import Puller, PullReport, batch_name, default_window, source_name
 
 log = structlog.get_logger(__name__)
+
+#: Studies one sweep sends to the deliver queue at most; the next sweep sends more once the
+#: queue has drained.
+UNDELIVERED_PER_SWEEP = 1000
 
 
 class Scheduler:
@@ -95,3 +100,25 @@ class Scheduler:
             chunk_size=self.settings.chunk_size,
             max_attempts=self.settings.max_attempts,
         )
+
+    def queue_undelivered(self) -> int:
+        """Send ``mdf.deliver_study`` for the finished DICOM studies a configured destination
+        has no row of: the worker's own message never reached the deliver queue for them
+        (their last image given up on, or finished while the broker was away). Nothing is
+        sent while messages wait in that queue: they may be these very studies, and a
+        deliver worker that is down must not find a copy of each per sweep."""
+        if not self.settings.results_destinations:
+            return 0
+        with self.app.connection_for_read() as connection:
+            waiting = connection.default_channel.queue_declare(queue=DELIVER_QUEUE).message_count
+        if waiting:
+            log.info("undelivered_sweep_skipped", deliver_queue_waiting=waiting)
+            return 0
+        names = [destination_name(text) for text in self.settings.results_destinations]
+        with self.sessions() as session:
+            studies = undelivered_studies(session, names, limit=UNDELIVERED_PER_SWEEP)
+        for study_id in studies:
+            self.app.send_task(DELIVER_STUDY, kwargs={"study_id": study_id})
+        if studies:
+            log.info("undelivered_studies_queued", studies=len(studies))
+        return len(studies)

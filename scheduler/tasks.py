@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from celery import Task, shared_task
 
-from mdf.celery_app import REQUEUE_EXPIRED, REQUEUE_STALLED, SCAN_INBOXES, app_settings
+from mdf.celery_app import (
+    QUEUE_UNDELIVERED,
+    REQUEUE_EXPIRED,
+    REQUEUE_STALLED,
+    SCAN_INBOXES,
+    app_settings,
+)
 from scheduler.service import Scheduler
 
 
@@ -26,3 +32,8 @@ def requeue_stalled(self: Task) -> int:
 @shared_task(bind=True, name=REQUEUE_EXPIRED)
 def requeue_expired_claims(self: Task) -> int:
     return _scheduler(self).requeue_expired()[0]
+
+
+@shared_task(bind=True, name=QUEUE_UNDELIVERED)
+def queue_undelivered_studies(self: Task) -> int:
+    return _scheduler(self).queue_undelivered()

@@ -4,7 +4,9 @@ by the deliver queue, once each however often they are sent, and after an outage
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime
@@ -18,7 +20,7 @@ from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage
 
 from db.models import Delivery, DeliveryStatus, Image, ImageStatus
 from db.session import session_factory
-from mdf.celery_app import DELIVER_STUDY, create_app
+from mdf.celery_app import DELIVER_STUDY, QUEUE_UNDELIVERED, create_app
 from mdf.imaging.dicom_writer import write_dicom_op
 from mdf.settings import Settings
 from mdf.synthetic.fundus import generate_case
@@ -190,6 +192,40 @@ def test_orthanc_down_during_delivery_then_up_gets_each_object_once(
     assert all(row.reason.startswith("ConnectionError") for row in rows)  # the failure kept
     assert '"event": "delivery_retry"' in log
     assert not [text for text in (PATIENT_ID, "Doe", STUDY) if text in log]
+
+
+@pytest.mark.slow
+def test_a_study_no_worker_sent_is_delivered_by_the_scheduler_sweep(
+    settings: Settings,
+    broker: redis.Redis,
+    orthanc: Orthanc,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A study finished while the broker was away (no message ever sent): ``mdf scheduler``
+    runs the sweep beat sends every five minutes, and a deliver worker files its results."""
+    classified_study(settings, tmp_path / "camera", count=2)
+    destination = f"dicom:ORTHANC@127.0.0.1:{orthanc.dicom_port}"
+    monkeypatch.setenv("MDF_RESULTS_DESTINATIONS", destination)
+    worker = start_worker(tmp_path, "deliver", "deliver")
+    with (tmp_path / "scheduler.log").open("wb") as log:
+        scheduler = subprocess.Popen(
+            [sys.executable, "-m", "mdf.cli", "scheduler"],
+            cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        create_app(settings).send_task(QUEUE_UNDELIVERED)
+        wait_for(lambda: stored(orthanc, STUDY)["SEG"] == 2, 120, "the swept study's results")
+    finally:
+        scheduler.send_signal(signal.SIGTERM)
+        scheduler.wait(timeout=30)
+        worker.stop()
+    assert stored(orthanc, STUDY) == Counter({"SR": 1, "SEG": 2})
+    rows = deliveries(settings)
+    assert {(row.status, row.destination) for row in rows} == {(DeliveryStatus.SENT, destination)}
+    assert '"event": "undelivered_studies_queued"' in (tmp_path / "scheduler.log").read_text()
 
 
 @pytest.mark.slow

@@ -15,7 +15,14 @@ from PIL import Image as PILImage
 
 from db.session import session_factory
 from mdf.analysis.status import status_counts
-from mdf.celery_app import REQUEUE_EXPIRED, REQUEUE_STALLED, SCAN_INBOXES, TRAIN, create_app
+from mdf.celery_app import (
+    QUEUE_UNDELIVERED,
+    REQUEUE_EXPIRED,
+    REQUEUE_STALLED,
+    SCAN_INBOXES,
+    TRAIN,
+    create_app,
+)
 from mdf.settings import Settings
 
 
@@ -33,14 +40,32 @@ def test_beat_schedule_comes_from_the_settings(settings: Settings) -> None:
     assert schedule["train"]["schedule"] == crontab(minute="0", hour="4", day_of_month="1")
 
 
+def test_the_delivery_sweep_is_scheduled_only_where_results_have_a_destination(
+    settings: Settings,
+) -> None:
+    delivering = settings.model_copy(update={"results_destinations": ["dicom:PACS@pacs:104"]})
+    schedule = create_app(delivering).conf.beat_schedule
+    assert schedule["queue-undelivered-studies"] == {
+        "task": QUEUE_UNDELIVERED,
+        "schedule": crontab(minute="*/5"),
+    }
+    assert QUEUE_UNDELIVERED not in {
+        entry["task"] for entry in create_app(settings).conf.beat_schedule.values()
+    }
+
+
 def test_every_scheduled_task_has_a_handler(settings: Settings) -> None:
     import scheduler.tasks
     import training.tasks  # noqa: F401  (the training queue's worker serves TRAIN)
 
-    app = create_app(settings)
+    # with a results destination, so that every entry beat may have is there
+    delivering = settings.model_copy(update={"results_destinations": ["dicom:PACS@pacs:104"]})
+    app = create_app(delivering)
     scheduled = {entry["task"] for entry in app.conf.beat_schedule.values()}
+    assert QUEUE_UNDELIVERED in scheduled
     assert scheduled <= set(app.tasks), scheduled - set(app.tasks)
     assert scheduler.tasks.requeue_expired_claims.name == REQUEUE_EXPIRED
+    assert scheduler.tasks.queue_undelivered_studies.name == QUEUE_UNDELIVERED
 
 
 def test_unmigrated_database_is_refused_with_a_clear_message(tmp_path: Path) -> None:
