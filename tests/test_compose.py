@@ -1,9 +1,10 @@
-"""The operators' files: docker-compose.yml, its CPU override, .env.example and the Dockerfile.
+"""The operators' files: docker-compose.yml, its CPU override, .env.example and the Dockerfiles.
 
-No Docker engine runs here, so the files are read as data: every service an operator
-needs, the GPU reservation, health checks behind every ``service_healthy``, the
-volumes, and settings that exist (a misspelt ``MDF_`` variable is silently ignored by
-the service, so it is caught here instead).
+The test suite reads them as data: every service an operator needs, the GPU reservation,
+health checks behind every ``service_healthy``, the volumes, secrets only as files, and
+settings that exist (a misspelt ``MDF_`` variable is silently ignored by the service, so
+it is caught here instead). ``make compose-check`` builds and runs them for real; it needs
+a Docker daemon and minutes, so it is not part of the suite.
 """
 
 from __future__ import annotations
@@ -72,8 +73,10 @@ def test_every_role_is_a_service(services: dict[str, Any]) -> None:
     assert services["worker"]["command"][:1] == ["worker"]
     assert services["trainer"]["command"] == ["worker", "--queues", "training"]
     for name in APP_SERVICES:
-        assert services[name]["image"] == services["worker"]["image"]
-        assert services[name]["build"] == "."
+        assert services[name]["image"] == "mdf-screening:${IMAGE_TAG:-latest}"
+    for name, service in services.items():  # built by scripts/images.py, never pulled
+        assert service["pull_policy"] == "never" and "build" not in service, name
+        assert service["image"].startswith("mdf-"), name
 
 
 def test_workers_see_the_gpus_and_each_claims_its_own(services: dict[str, Any]) -> None:
@@ -92,6 +95,8 @@ def test_the_cpu_override_drops_the_gpu(services: dict[str, Any]) -> None:
         devices = override[name]["deploy"]["resources"]["reservations"]["devices"]
         assert isinstance(devices, Reset) and devices.value == []
         assert override[name]["environment"]["MDF_DEVICE"] == "cpu"
+    for name in APP_SERVICES:  # the image's CPU flavour
+        assert override[name]["image"] == "mdf-screening:${IMAGE_TAG:-latest}-cpu"
     assert set(override) <= set(services)
 
 
@@ -130,14 +135,27 @@ def test_inbox_is_read_only_and_data_and_checkpoints_are_shared(
         assert services[name]["environment"]["MDF_DATA_DIR"] == "/data"
 
 
-def test_settings_come_from_the_env_file_and_hold_no_secret(services: dict[str, Any]) -> None:
+def test_settings_come_from_the_env_file_and_secrets_only_from_files(
+    compose: dict[str, Any], services: dict[str, Any]
+) -> None:
     for name in APP_SERVICES:
         assert services[name]["env_file"] == ".env"
     for name, service in services.items():
-        environment = service.get("environment", {})
-        for key, value in environment.items():
-            if re.search(r"PASSWORD|SECRET|KEY|URL", key):
+        for key, value in service.get("environment", {}).items():
+            if key.endswith("_FILE"):  # a Docker secret the service is given
+                secret = str(value).removeprefix("/run/secrets/")
+                assert secret in service["secrets"], f"{name}: {key} names no secret of its own"
+            elif re.search(r"PASSWORD|SECRET|KEY|URL", key):
                 assert str(value).startswith("${"), f"{name}: {key} must come from .env"
+    for secret in compose["secrets"].values():
+        assert secret["file"].startswith("${SECRETS_DIR:-./secrets}/")
+    for name in APP_SERVICES:
+        environment = services[name]["environment"]
+        assert environment["MDF_PSEUDONYM_KEY_FILE"] == "/run/secrets/pseudonym_key"
+        assert environment["MDF_DATABASE_PASSWORD_FILE"] == "/run/secrets/postgres_password"
+        assert environment["MDF_BROKER_PASSWORD_FILE"] == "/run/secrets/redis_password"
+    assert services["redis"]["secrets"] == ["redis_password"]
+    assert services["postgres"]["secrets"] == ["postgres_password"]
 
 
 def test_every_mdf_variable_is_a_real_setting(services: dict[str, Any]) -> None:
@@ -158,12 +176,26 @@ def test_env_example_documents_every_setting_and_only_settings() -> None:
     assert FIELDS - documented == set(), f"undocumented: {sorted(FIELDS - documented)}"
 
 
-def test_the_image_installs_the_pinned_dependencies() -> None:
+def test_the_images_build_offline_from_pinned_wheels() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert dockerfile.startswith("# ") and "\nFROM python:3.11-slim\n" in dockerfile
-    assert "pip install -r requirements.txt" in dockerfile and "USER mdf" in dockerfile
+    assert dockerfile.startswith("# ") and "ARG BASE=mdf-base:bookworm" in dockerfile
+    assert "pip install --no-cache-dir --no-index --find-links /wheels" in dockerfile
+    assert "USER mdf" in dockerfile and "HEALTHCHECK" in dockerfile and "LABEL" in dockerfile
+    stages = set(re.findall(r"^FROM \S+ AS (\S+)$", dockerfile, re.M))
+    assert {"gpu", "cpu"} <= stages and "\nFROM ${FLAVOUR}\n" in dockerfile
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     unpinned = [dep for dep in project["dependencies"] if "==" not in dep]
     assert unpinned == []
     ignored = (ROOT / ".dockerignore").read_text().split()
-    assert {".venv", ".env", ".git"} <= set(ignored)
+    assert {".venv", ".env", ".git", "secrets"} <= set(ignored)
+
+
+def test_every_service_image_has_its_stage_and_entry_point(services: dict[str, Any]) -> None:
+    dockerfile = (ROOT / "docker" / "services.Dockerfile").read_text()
+    stages = set(re.findall(r"^FROM \S+ AS (\S+)$", dockerfile, re.M))
+    for name in ("postgres", "redis", "flower"):
+        assert services[name]["image"] == f"mdf-{name}:${{IMAGE_TAG:-latest}}"
+        assert name in stages
+        entry_point = ROOT / "docker" / f"{name}-entrypoint.sh"
+        assert entry_point.stat().st_mode & 0o111, f"{entry_point} is not executable"
+        assert f"COPY docker/{name}-entrypoint.sh" in dockerfile
