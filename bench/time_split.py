@@ -11,16 +11,17 @@ fundus painted at the frame's shorter side and centred on black, as cameras fram
     inference (scores, masks and text) and write (masks at the source size, then one
     database transaction);
 (a) timed step by step in this process (CPU time) with the worker's own functions: read and
-    verify, decode, assess, prepare, and the masks of its write stage.
+    verify, decode (a JPEG reduced to what the model and the gradability check use), assess,
+    prepare, and the masks of its write stage.
 
 Printed per kind: ms per image of decode (read, verify and decode), preprocessing (assess and
 prepare), model, write (masks at the source size and one database transaction) and outside
 the worker's chunks (ingest, queueing, claims), each with its share of the end-to-end time;
-the worker's wall-clock preprocessing is divided between decode and the rest in the
-proportions of (a)'s CPU times. Then ``name: value`` lines, with (a)'s steps, which show how
-much of the write is masks. The sizes: 3504 x 2336 JPEG (a 10 MP fundus camera), 565 x 584
-TIFF (DRIVE), 700 x 605 PNG (STARE, delivered as PPM, which intake does not read) and 512 x 512
-JPEG.
+the worker's wall-clock preprocessing (a chunk's images prepared side by side, a thread per
+core) is divided between decode and the rest in the proportions of (a)'s CPU times. Then
+``name: value`` lines, with (a)'s steps, which show how much of the write is masks. The
+sizes: 3504 x 2336 JPEG (a 10 MP fundus camera), 565 x 584 TIFF (DRIVE), 700 x 605 PNG
+(STARE, delivered as PPM, which intake does not read) and 512 x 512 JPEG.
 
     python bench/time_split.py [--images 32] [--kinds 3504x2336-jpeg,...] [--chunk-size 16]
                                [--threads 1] [--database-url ...] [--broker-url ...]
@@ -44,11 +45,12 @@ from PIL import Image
 from pipeline import end_to_end, fresh_database  # bench/pipeline.py, beside this file
 
 from mdf.broker import stop_embedded_redis
-from mdf.imaging import decode_frame
+from mdf.imaging import decode_reduced
 from mdf.imaging.quality import assess
 from mdf.settings import Settings
 from mdf.synthetic.fundus import generate_case
 from worker.content import read_registered
+from worker.inference import decode_side
 from worker.masks import ImageMask, save_masks
 from worker.screening import quality_thresholds
 
@@ -107,6 +109,7 @@ def in_process(paths: Sequence[Path], checkpoint: Path, settings: Settings) -> d
     torch.set_num_threads(1)
     classifier = load_classifier(checkpoint)
     thresholds = quality_thresholds(settings.quality)
+    side = decode_side(classifier, thresholds)
     spent = dict.fromkeys(("read", "decode", "assess", "prepare", "masks"), 0.0)
     prepared, sizes = [], []
     for path in paths:
@@ -115,7 +118,8 @@ def in_process(paths: Sequence[Path], checkpoint: Path, settings: Settings) -> d
         data = read_registered(path, sha256, max_bytes=settings.max_file_bytes)
         spent["read"] += time.process_time() - clock
         clock = time.process_time()
-        pixels = decode_frame(data, 0, max_pixels=settings.max_image_pixels)
+        decoded = decode_reduced(data, long_side=side, max_pixels=settings.max_image_pixels)
+        pixels = decoded.pixels
         spent["decode"] += time.process_time() - clock
         clock = time.process_time()
         assess(pixels, thresholds)
@@ -123,7 +127,7 @@ def in_process(paths: Sequence[Path], checkpoint: Path, settings: Settings) -> d
         clock = time.process_time()
         prepared.append(classifier.prepare(pixels))
         spent["prepare"] += time.process_time() - clock
-        sizes.append((pixels.shape[1], pixels.shape[0]))
+        sizes.append(decoded.size)
     with tempfile.TemporaryDirectory(prefix="mdf-masks-") as masks_dir:
         for first in range(0, len(prepared), settings.chunk_size):
             chunk = range(first, min(first + settings.chunk_size, len(prepared)))

@@ -126,6 +126,12 @@ class Settings(BaseSettings):
     max_new_tokens: int = Field(
         default=16, ge=1, le=512, description="Tokens an inference worker generates per image."
     )
+    vision_tiles: int = Field(
+        default=1,
+        ge=1,
+        description="Vision tiles a served model computes per photograph; a checkpoint trained "
+        "with another count is refused (its answers would differ from the validated ones).",
+    )
 
     # Screening outcomes: gradability and referral (README "Settings" and "For analysts").
     quality: dict[str, float] = Field(

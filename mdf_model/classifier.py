@@ -97,6 +97,15 @@ class Classifier:
         return [] if self.model.config.baseline else list(self.model.config.seg_classes)
 
     @property
+    def input_side(self) -> int:
+        """The longest side ``prepare`` resamples a photograph to: the vision tiles' widest
+        canvas or the U-Net's square. A photograph decoded at least this large on its long
+        side gives the same model input, up to resampling."""
+        config = self.model.config
+        canvas = config.vision_tiles * config.vision_config["image_size"]
+        return canvas if config.baseline else max(canvas, config.unet_input_size)
+
+    @property
     def answer_token_ids(self) -> list[list[int]]:
         """The token ids of each label's answer, in label order (what scoring scores)."""
         return [list(ids) for ids in self._answers]

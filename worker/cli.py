@@ -109,7 +109,12 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
             quality_thresholds(settings.quality)
         except ValueError as error:
             raise CommandError(str(error)) from error
-        server = model_server(settings.resolved_database_url, settings.model_dir, settings.device)
+        server = model_server(
+            settings.resolved_database_url,
+            settings.model_dir,
+            settings.device,
+            settings.vision_tiles,
+        )
         try:
             server.current()
         except ModelUnavailable as error:
@@ -152,23 +157,32 @@ def _ping(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _classify(args: argparse.Namespace, settings: Settings) -> int:
-    """Files decoded by ``load_frame`` as the workers decode them, so a file is refused here
-    with the reason code it would get in a night's batch."""
-    from mdf.imaging import Rejection, load_frame
+    """Files decoded as the workers decode them, so a file is refused here with the reason
+    code it would get in a night's batch, and a checkpoint unless it has the workers'
+    ``MDF_VISION_TILES``."""
+    from mdf.imaging import Rejection, decode_reduced
     from mdf_model import load_classifier
+    from worker.inference import decode_side
+    from worker.screening import quality_thresholds
 
     try:
-        classifier = load_classifier(args.checkpoint, device=args.device)
+        classifier = load_classifier(
+            args.checkpoint, device=args.device, vision_tiles=settings.vision_tiles
+        )
+        side = decode_side(classifier, quality_thresholds(settings.quality))
     except ValueError as error:
         raise CommandError(str(error)) from error
     entries: dict[Path, dict[str, Any]] = {}
     prepared = []
     for path in args.files:
         try:
-            pixels = load_frame(
-                path, max_pixels=settings.max_image_pixels, max_frames=settings.max_frames
+            decoded = decode_reduced(
+                path.read_bytes(),
+                long_side=side,
+                max_pixels=settings.max_image_pixels,
+                max_frames=settings.max_frames,
             )
-            prepared.append((path, classifier.prepare(pixels, args.clinical)))
+            prepared.append((path, classifier.prepare(decoded.pixels, args.clinical)))
         except (Rejection, OSError, ValueError) as error:  # Rejection reads "code: reason"
             entries[path] = {"file": str(path), "error": str(error)}
     for start in range(0, len(prepared), args.batch_size):

@@ -23,8 +23,10 @@ every third of the lease).
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +40,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import lifecycle
 from db.lifecycle import ClaimedImage, Failure, ReasonCode
 from db.stored_path import from_stored
-from mdf.imaging import Rejection, decode_frame
+from mdf.imaging import Rejection, decode_reduced
 from mdf.imaging.quality import Quality, QualityThresholds, assess
 from mdf.settings import Settings
 from worker.content import read_registered
@@ -66,7 +68,7 @@ class Prepared:
     # refused a picture already assessed ungradable: an outcome, written without an answer
     input: Any
     preprocess_ms: float
-    size: tuple[int, int]  # the decoded frame's (width, height): its masks are saved at it
+    size: tuple[int, int]  # the image's own (width, height): its masks are saved at it
     quality: Quality
 
 
@@ -101,6 +103,18 @@ class ChunkOutcome:
             self.timings_ms[name] = round(self.timings_ms.get(name, 0.0) + ms, 1)
 
 
+def decode_side(classifier: Classifier, quality: QualityThresholds) -> int:
+    """The long side a photograph is decoded at, at least; a larger JPEG is decoded reduced.
+
+    The model needs what it resamples to. Gradability area-averages the photograph to its
+    working size, and that average stays close to the full decode's when it spans at least
+    two decoded pixels a side: on the STARE photographs and their degradations at 3504 x 2336
+    (bench/decode_reduced.py), gradability then changes for 1 of 280, against 3 with one
+    pixel a side and 6 between a full decode and the photographs' delivered size.
+    """
+    return max(classifier.input_side, 2 * quality.working_size)
+
+
 def preprocess(
     images: Sequence[ClaimedImage],
     classifier: Classifier,
@@ -111,34 +125,44 @@ def preprocess(
     quality: QualityThresholds,
 ) -> tuple[list[Prepared], dict[int, Failure]]:
     """Read, verify, decode, assess and prepare each image; one that fails is set aside with
-    its reason. The bytes decoded are the bytes hashed: nothing else is read in between."""
-    prepared: list[Prepared] = []
-    failures: dict[int, Failure] = {}
-    for image in images:
+    its reason. The bytes decoded are the bytes hashed: nothing else is read in between.
+
+    The images are prepared in a pool of threads, one per CPU: decoding, resampling and
+    the gradability measures run in Pillow, numpy and scipy, which release the GIL, so a
+    chunk's preprocessing takes about its longest image's time on enough cores.
+    """
+    side = decode_side(classifier, quality)
+
+    def one(image: ClaimedImage) -> Prepared | Failure:
         start = time.perf_counter()
         try:
             data = read_registered(
                 from_stored(image.source_path), image.sha256, max_bytes=max_bytes
             )
-            pixels = decode_frame(data, image.frame, max_pixels=max_pixels, max_frames=max_frames)
-            assessed = assess(pixels, quality)
-            model_input = _model_input(classifier, pixels, image.clinical_text, assessed)
+            decoded = decode_reduced(
+                data, image.frame, long_side=side, max_pixels=max_pixels, max_frames=max_frames
+            )
+            assessed = assess(decoded.pixels, quality)
+            model_input = _model_input(classifier, decoded.pixels, image.clinical_text, assessed)
         except Rejection as rejection:
-            failures[image.id] = Failure(rejection.code, rejection.reason)
+            return Failure(rejection.code, rejection.reason)
         except OSError as error:
-            failures[image.id] = Failure(
-                ReasonCode.UNREADABLE, f"cannot read the file: {error.strerror}"
-            )
+            return Failure(ReasonCode.UNREADABLE, f"cannot read the file: {error.strerror}")
         except ValueError as error:
-            failures[image.id] = Failure(ReasonCode.UNUSABLE_IMAGE, str(error))
+            return Failure(ReasonCode.UNUSABLE_IMAGE, str(error))
         except Exception as error:
-            failures[image.id] = Failure(
-                ReasonCode.PREPROCESS_ERROR, f"{type(error).__name__}: {error}"
-            )
-        else:
-            elapsed = (time.perf_counter() - start) * 1000
-            size = (pixels.shape[1], pixels.shape[0])
-            prepared.append(Prepared(image, model_input, elapsed, size, assessed))
+            return Failure(ReasonCode.PREPROCESS_ERROR, f"{type(error).__name__}: {error}")
+        elapsed = (time.perf_counter() - start) * 1000
+        return Prepared(image, model_input, elapsed, decoded.size, assessed)
+
+    with ThreadPoolExecutor(max_workers=min(len(images), os.cpu_count() or 1) or 1) as pool:
+        outcomes = list(pool.map(one, images))
+    prepared = [outcome for outcome in outcomes if isinstance(outcome, Prepared)]
+    failures = {
+        image.id: outcome
+        for image, outcome in zip(images, outcomes, strict=True)
+        if isinstance(outcome, Failure)
+    }
     return prepared, failures
 
 

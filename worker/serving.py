@@ -7,7 +7,10 @@ training. ``ModelServer.current()`` runs before every chunk: one small query, an
 reload only when the promotion changed, so a chunk is always classified by one
 version. A promoted version is served only when its checkpoint's manifest hash is the
 one registered with it: a checkpoint replaced on disk with a rewritten manifest is
-refused, with the version name and both hashes in the log line. A promoted checkpoint
+refused, with the version name and both hashes in the log line. A checkpoint trained with
+another number of vision tiles than the worker's (``MDF_VISION_TILES``) is refused too,
+before any weight is read: its answers would differ from the ones it was validated with.
+A promoted checkpoint
 that is refused or fails to load is logged and not retried by this process; the worker
 keeps serving what it had rather than stopping the night, or refuses to start with
 nothing to serve.
@@ -62,6 +65,11 @@ class Classifier(Protocol):
     def labels(self) -> Sequence[str]: ...
     @property
     def mask_channels(self) -> Sequence[str]: ...  # the planes of a result's mask, in order
+    @property
+    def input_side(self) -> int:
+        """The longest side ``prepare`` resamples a picture to: decoding at least this
+        large on the long side gives the same input, up to resampling."""
+
     def prepare(self, image: np.ndarray, clinical_text: str | None) -> Any:
         """The model's input for one picture; ValueError for a picture it cannot use."""
 
@@ -70,7 +78,7 @@ class Classifier(Protocol):
     ) -> Sequence[Classification]: ...
 
 
-Loader = Callable[..., Classifier]  # load_classifier(path, device=...)
+Loader = Callable[..., Classifier]  # load_classifier(path, device=..., vision_tiles=...)
 
 
 class ModelUnavailable(RuntimeError):
@@ -98,11 +106,13 @@ class ModelServer:
         *,
         model_dir: Path | None,
         device: str,
+        vision_tiles: int,
         loader: Loader | None = None,
     ):
         self._sessions = sessions
         self._model_dir = model_dir
         self._device = device
+        self._vision_tiles = vision_tiles
         self._loader = loader
         self._served: ServedModel | None = None
         self._broken: dict[int, str] = {}  # version id -> why it cannot be served
@@ -117,10 +127,13 @@ class ModelServer:
             from mdf_model import load_classifier  # torch is imported only by workers
 
             classifier = load_classifier(
-                path, device=self._device, expected_manifest_sha256=expected
+                path,
+                device=self._device,
+                expected_manifest_sha256=expected,
+                vision_tiles=self._vision_tiles,
             )
         else:
-            classifier = self._loader(path, device=self._device)
+            classifier = self._loader(path, device=self._device, vision_tiles=self._vision_tiles)
         if expected is not None and classifier.version_hash != expected:
             raise ModelRefused(
                 f"manifest hash {classifier.version_hash} differs from the registered "
@@ -193,6 +206,13 @@ class ModelServer:
 
 
 @functools.cache
-def model_server(database_url: str, model_dir: Path | None, device: str) -> ModelServer:
+def model_server(
+    database_url: str, model_dir: Path | None, device: str, vision_tiles: int
+) -> ModelServer:
     """The process's one server: the model is loaded once per worker process."""
-    return ModelServer(session_factory(database_url), model_dir=model_dir, device=device)
+    return ModelServer(
+        session_factory(database_url),
+        model_dir=model_dir,
+        device=device,
+        vision_tiles=vision_tiles,
+    )

@@ -68,7 +68,12 @@ def classify_chunk(self: Task, image_ids: list[int]) -> dict[str, int]:
     pipeline = Pipeline.from_settings(
         settings,
         sessions=session_factory(settings.resolved_database_url),
-        server=model_server(settings.resolved_database_url, settings.model_dir, settings.device),
+        server=model_server(
+            settings.resolved_database_url,
+            settings.model_dir,
+            settings.device,
+            settings.vision_tiles,
+        ),
         worker=self.request.hostname or socket.gethostname(),
     )
     with structlog.contextvars.bound_contextvars(

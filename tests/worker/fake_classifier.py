@@ -35,10 +35,16 @@ class FakeClassifier:
     version_hash: str
     labels: list[str] = field(default_factory=lambda: ["acquired", "inherited"])
     mask_channels: list[str] = field(default_factory=lambda: ["vessels", "lesions"])
+    input_side: int = 32  # the side it would resample to: a large JPEG is decoded reduced
     batches: list[int] = field(default_factory=list)  # size of each classify_prepared call
     on_classify: Callable[[], None] | None = None  # runs inside classify_prepared, once
+    on_prepare: Callable[[], None] | None = None  # runs inside every prepare
+    shapes: list[tuple[int, int]] = field(default_factory=list)  # (height, width) prepared
 
     def prepare(self, image: np.ndarray, clinical_text: str | None) -> Any:
+        self.shapes.append(image.shape[:2])
+        if self.on_prepare is not None:
+            self.on_prepare()
         if image.mean() < 5:
             raise ValueError("no retina visible: the picture is black")
         return float(image[..., 0].mean())
@@ -68,17 +74,18 @@ class FakeLoader:
 
     loads: list[Path] = field(default_factory=list)
 
-    def __call__(self, path: Path, *, device: str = "cpu") -> FakeClassifier:
+    def __call__(self, path: Path, *, device: str = "cpu", vision_tiles: int) -> FakeClassifier:
         self.loads.append(Path(path))
         if Path(path).name.startswith("broken"):
             raise ValueError(f"{path}: manifest.json does not match the weights")
         return FakeClassifier(version_hash=f"{Path(path).name:0<64}"[:64])
 
 
-def write_jpeg(path: Path, red: int) -> Path:
-    """A small colour JPEG; ``red=0`` gives a black picture the fake classifier refuses."""
+def write_jpeg(path: Path, red: int, size: tuple[int, int] = (64, 64)) -> Path:
+    """A colour JPEG of ``size`` (width, height); ``red=0`` gives a black picture the fake
+    classifier refuses."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = np.zeros((64, 64, 3), dtype=np.uint8)
+    pixels = np.zeros((size[1], size[0], 3), dtype=np.uint8)
     pixels[..., 0] = red
     pixels[..., 1] = red // 3
     PILImage.fromarray(pixels).save(path, "JPEG", quality=95)

@@ -27,7 +27,11 @@ def make_pipeline(
     """``referral_defaults``: the referable labels and their thresholds when the served
     version recorded none (default: inherited from 0.5)."""
     server = ModelServer(
-        sessions, model_dir=model_dir or tmp_path / "base", device="cpu", loader=loader
+        sessions,
+        model_dir=model_dir or tmp_path / "base",
+        device="cpu",
+        vision_tiles=1,
+        loader=loader,
     )
     return Pipeline(
         sessions=sessions,

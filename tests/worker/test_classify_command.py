@@ -73,3 +73,24 @@ def test_an_unusable_checkpoint_is_one_line_and_exit_2(tmp_path: Path, mdf: Mdf)
     code, out, err = mdf("classify", str(tmp_path), str(tmp_path / "a.png"))
     assert code == 2 and out == ""
     assert "manifest.json: missing" in err and len(err.splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def two_tile_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("checkpoint") / "two-tiles"
+    return Path(build_tiny_checkpoint(directory, seed=3, labels=list(LABELS), vision_tiles=2))
+
+
+def test_a_checkpoint_of_another_tile_count_than_the_workers_is_refused(
+    two_tile_checkpoint: Path, tmp_path: Path, mdf: Mdf, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MDF_VISION_TILES, as the workers are configured: a checkpoint trained with another
+    count is refused in one line, and served once the setting says its count."""
+    checkpoint = two_tile_checkpoint
+    Image.fromarray(fundus_image()).save(tmp_path / "eye.png")
+    code, out, err = mdf("classify", str(checkpoint), str(tmp_path / "eye.png"))
+    assert code == 2 and out == ""
+    assert "trained with vision_tiles 2, served with 1" in err and len(err.splitlines()) == 1
+    monkeypatch.setenv("MDF_VISION_TILES", "2")
+    code, entries, _ = classify(mdf, checkpoint, tmp_path / "eye.png")
+    assert code == 0 and entries[0]["label"] in LABELS

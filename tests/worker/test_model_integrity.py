@@ -7,11 +7,15 @@ import shutil
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 import structlog
+from in_process import mdf_command
 from safetensors.torch import load_file, save_file
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import model_versions
+from db.models import ModelVersion
+from mdf.settings import Settings
 from mdf_model import load_classifier
 from mdf_model.checkpoint import write_manifest
 from worker.serving import ModelServer, ModelUnavailable
@@ -39,7 +43,7 @@ def _rewrite_consistently(checkpoint: Path) -> str:
 
 
 def _server(sessions: sessionmaker[Session]) -> ModelServer:
-    return ModelServer(sessions, model_dir=None, device="cpu")
+    return ModelServer(sessions, model_dir=None, device="cpu", vision_tiles=1)
 
 
 def test_the_registered_checkpoint_is_served(
@@ -84,3 +88,44 @@ def test_a_file_the_manifest_does_not_list_invalidates_a_promoted_checkpoint(
         ModelUnavailable, match=r"v1 cannot be loaded: processor/extra\.json: in the checkpoint"
     ):
         _server(sessions).current()
+
+
+@pytest.fixture(scope="module")
+def two_tile_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny checkpoint trained to compute two vision tiles per photograph."""
+    from mdf_model import build_tiny_checkpoint
+
+    directory = tmp_path_factory.mktemp("checkpoint") / "two-tiles"
+    return Path(build_tiny_checkpoint(directory, seed=0, vision_tiles=2))
+
+
+def test_a_checkpoint_of_another_tile_count_is_refused_with_the_reason(
+    sessions: sessionmaker[Session], two_tile_checkpoint: Path, tmp_path: Path
+) -> None:
+    """Its answers would differ from those it was validated with: a worker serving one tile
+    refuses it, promoted or as MDF_MODEL_DIR, and a worker serving two serves it."""
+    refusal = r"trained with vision_tiles 2, served with 1"
+    unpromoted = ModelServer(sessions, model_dir=two_tile_checkpoint, device="cpu", vision_tiles=1)
+    with pytest.raises(ModelUnavailable, match=rf"MDF_MODEL_DIR=.* cannot be loaded: .*{refusal}"):
+        unpromoted.current()
+    with sessions() as session:  # nothing was registered
+        assert session.scalar(sa.select(sa.func.count()).select_from(ModelVersion)) == 0
+
+    _registered(sessions, two_tile_checkpoint, "v2", tmp_path / "v2")
+    with pytest.raises(ModelUnavailable, match=rf"v2 cannot be loaded: .*{refusal}"):
+        _server(sessions).current()
+    served = ModelServer(sessions, model_dir=None, device="cpu", vision_tiles=2).current()
+    assert served.name == "v2" and served.classifier.model.config.vision_tiles == 2
+
+
+def test_mdf_worker_with_another_tile_count_does_not_start(
+    settings: Settings,
+    two_tile_checkpoint: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("MDF_MODEL_DIR", str(two_tile_checkpoint))
+    with mdf_command(capsys) as mdf:
+        code, _, err = mdf("worker", "--queues", "inference")
+    assert code == 2
+    assert "trained with vision_tiles 2, served with 1" in err

@@ -15,7 +15,7 @@ from worker.serving import Classifier, ModelServer, ModelUnavailable
 
 
 def _server(sessions: sessionmaker[Session], loader: FakeLoader, model_dir: Path | None = None):
-    return ModelServer(sessions, model_dir=model_dir, device="cpu", loader=loader)
+    return ModelServer(sessions, model_dir=model_dir, device="cpu", vision_tiles=1, loader=loader)
 
 
 def test_neither_promoted_nor_model_dir_is_a_clear_error(

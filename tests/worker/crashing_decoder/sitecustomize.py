@@ -14,13 +14,13 @@ sys.path.insert(0, os.getcwd())
 import mdf.imaging
 
 POISON = b"mdf-test: this file kills the decoder"
-_decode_frame = mdf.imaging.decode_frame
+_decode_reduced = mdf.imaging.decode_reduced
 
 
-def decode_frame(data: bytes, *args: Any, **kwargs: Any) -> Any:
+def decode_reduced(data: bytes, *args: Any, **kwargs: Any) -> Any:
     if POISON in data:
         os.kill(os.getpid(), signal.SIGKILL)
-    return _decode_frame(data, *args, **kwargs)
+    return _decode_reduced(data, *args, **kwargs)
 
 
-mdf.imaging.decode_frame = decode_frame
+mdf.imaging.decode_reduced = decode_reduced
