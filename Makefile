@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean compose-check bundle
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,15 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
+
+# The compose stack built offline and run for real: see scripts/compose_check.py. Needs a
+# Docker daemon, or root to start one; about ten minutes on two cores; not run by CI.
+compose-check: $(STAMP)
+	$(BIN)/python scripts/compose_check.py
+
+# What an air-gapped site needs, with checksums: see scripts/bundle.py.
+bundle: $(STAMP)
+	$(BIN)/python scripts/bundle.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache

@@ -45,15 +45,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from mdf.synthetic.bad_files import BAD_FILES
 
 REPO = images.REPO
-TAG = "check"
+TAG = "check"  # images built here; --tag names others (a loaded bundle's: latest)
 PROJECT = "mdf-check"
 CHECK_DIR = images.BUILD_DIR / "compose-check"
 SECRETS = ("postgres_password", "redis_password", "pseudonym_key")
 METRICS_PORT = 9464
-IMAGES = tuple(
-    f"{name}:{TAG}" for name in ("mdf-screening", "mdf-postgres", "mdf-redis", "mdf-flower")
-)
-IMAGES += (f"mdf-screening:{TAG}-cpu", images.BASE, images.SERVICES_BASE)
+SERVICE_IMAGES = ("mdf-screening", "mdf-postgres", "mdf-redis", "mdf-flower")
 SCRAPE = (
     "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen("
     f"'http://127.0.0.1:{METRICS_PORT}/metrics', timeout=10).read().decode())"
@@ -143,7 +140,16 @@ def all_healthy(expected_workers: int) -> bool:
     return True
 
 
-def write_project(flower_port: int) -> dict[str, str]:
+def stack_images(tag: str) -> list[str]:
+    """The images of the stack under ``tag``, and the base images they were built on."""
+    return [f"{name}:{tag}" for name in SERVICE_IMAGES] + [
+        f"mdf-screening:{tag}-cpu",
+        images.BASE,
+        images.SERVICES_BASE,
+    ]
+
+
+def write_project(tag: str, flower_port: int) -> dict[str, str]:
     """The project folder: .env, random secrets (readable in the containers, in a folder
     only root enters), an empty inbox. Returns the secrets."""
     shutil.rmtree(CHECK_DIR, ignore_errors=True)
@@ -156,7 +162,7 @@ def write_project(flower_port: int) -> dict[str, str]:
         (secrets_dir / name).write_text(value + "\n")
         (secrets_dir / name).chmod(0o644)
     settings = {
-        "IMAGE_TAG": TAG,
+        "IMAGE_TAG": tag,
         "INBOX_DIR": CHECK_DIR / "inbox",
         "SECRETS_DIR": secrets_dir,
         "FLOWER_PORT": flower_port,
@@ -231,6 +237,20 @@ def settled() -> bool:
     """Every delivered file is registered and its image ended."""
     ended = counts().keys() <= {"done", "rejected", "failed"}
     return ended and outcomes().keys() == delivered().keys()
+
+
+def processing(night: str) -> dict[str, str]:
+    """A night's seconds from its first image registered to its last finished, and images
+    done per second of it, from the database: the wait for the next scan is left out."""
+    ((done, seconds),) = sql(
+        "SELECT count(*), extract(epoch FROM max(i.finished_at) - min(i.registered_at)) "
+        "FROM images AS i WHERE i.status = 'done' AND EXISTS (SELECT 1 FROM image_paths AS p "
+        f"WHERE p.image_id = i.id AND p.path LIKE '/inbox/{night}/%')"
+    )
+    return {
+        f"{night}_processing_s": f"{float(seconds):.1f}",
+        f"{night}_images_per_s": f"{int(done) / float(seconds):.2f}",
+    }
 
 
 def scrape(container: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -316,11 +336,11 @@ def check_flower(port: int, workers: int) -> None:
     wait_for("Flower to see the workers online", online, timeout_s=120, interval_s=5)
 
 
-def check_no_secret_shows(values: dict[str, str]) -> None:
+def check_no_secret_shows(tag: str, values: dict[str, str]) -> None:
     """No secret in the resolved compose files, a container's settings or an image."""
     shown = [compose("config")]
     shown += [docker("inspect", name) for name in containers()]
-    for image in IMAGES:
+    for image in stack_images(tag):
         shown += [docker("history", "--no-trunc", image), docker("image", "inspect", image)]
     for name, value in values.items():
         if any(value in text for text in shown):
@@ -338,15 +358,15 @@ def check_users_and_inbox(scheduler: str, worker: str) -> None:
         raise CheckFailed("the scheduler could write into the inbox")
 
 
-def image_sizes() -> dict[str, str]:
+def image_sizes(tag: str) -> dict[str, str]:
     sizes = {}
-    for image in IMAGES:
+    for image in stack_images(tag):
         size = int(docker("image", "inspect", "--format", "{{.Size}}", image))
         sizes[f"image_{image.replace(':', '_')}_mb"] = f"{size / 1e6:.0f}"
     return sizes
 
 
-def run_check(night_images: tuple[int, int]) -> dict[str, object]:
+def run_check(tag: str, build: bool, night_images: tuple[int, int]) -> dict[str, object]:
     timings: dict[str, object] = {}
     started = time.monotonic()
 
@@ -354,11 +374,12 @@ def run_check(night_images: tuple[int, int]) -> dict[str, object]:
         timings[name] = f"{time.monotonic() - since:.1f}"
         return time.monotonic()
 
-    timings.update(images.build(REPO, TAG))
-    timings.update(image_sizes())
+    if build:
+        timings.update(images.build(REPO, tag)[0])
+    timings.update(image_sizes(tag))
     step = lap("images_s", started)
     flower_port = free_port()
-    values = write_project(flower_port)
+    values = write_project(tag, flower_port)
     compose(
         "run",
         "--rm",
@@ -380,7 +401,7 @@ def run_check(night_images: tuple[int, int]) -> dict[str, object]:
     wait_for("night 1 to end", settled, timeout_s=900)
     timings["night1_images"] = night_images[0]
     step = lap("night1_s", step)
-    timings["night1_images_per_s"] = f"{night_images[0] / float(timings['night1_s']):.2f}"
+    timings.update(processing("night-1"))
 
     compose("up", "--detach", "--scale", "worker=2", "--no-recreate")
     wait_for("two healthy workers", lambda: all_healthy(2), timeout_s=420, interval_s=5)
@@ -396,6 +417,7 @@ def run_check(night_images: tuple[int, int]) -> dict[str, object]:
     wait_for("night 2 to end", settled, timeout_s=900)
     timings["night2_images"] = night_images[1]
     step = lap("night2_s", step)
+    timings.update(processing("night-2"))
     timings["images_resent"] = int(sql("SELECT count(*) FROM images WHERE attempts > 1")[0][0])
     timings["killed_worker_state"] = containers()[victim]["State"]
 
@@ -406,7 +428,7 @@ def run_check(night_images: tuple[int, int]) -> dict[str, object]:
     wait_for("the live services healthy", lambda: all_healthy(len(live)), timeout_s=300)
     timings.update(check_metrics(live))
     check_flower(flower_port, len(live))
-    check_no_secret_shows(values)
+    check_no_secret_shows(tag, values)
     scheduler = next(n for n, c in containers().items() if c["Service"] == "scheduler")
     check_users_and_inbox(scheduler, live[0])
     lap("checks_s", step)
@@ -421,6 +443,13 @@ def logs_tail() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0])
     parser.add_argument("--keep", action="store_true", help="leave the stack up afterwards")
+    parser.add_argument("--tag", default=TAG, help=f"tag of the images (default: {TAG})")
+    parser.add_argument(
+        "--no-build",
+        dest="build",
+        action="store_false",
+        help="use the images already loaded (an air-gapped site's, from the bundle)",
+    )
     parser.add_argument(
         "--images",
         type=int,
@@ -436,7 +465,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     images.ensure_compose()
     failure = None
     try:
-        for name, value in run_check(tuple(args.images)).items():
+        for name, value in run_check(args.tag, args.build, tuple(args.images)).items():
             print(f"{name}: {value}", flush=True)
     except (CheckFailed, subprocess.CalledProcessError) as error:
         failure = str(error)

@@ -224,8 +224,12 @@ def revision(source: Path) -> str:
     return described.stdout.strip()
 
 
-def build(source: Path, tag: str, *, flavours: Sequence[str] = ("gpu", "cpu")) -> dict[str, str]:
-    """Every image of ``source`` under ``tag``; returns ``name_s`` -> seconds, per step."""
+def build(
+    source: Path, tag: str, *, flavours: Sequence[str] = ("gpu", "cpu"), services: bool = True
+) -> tuple[dict[str, str], Path]:
+    """The images of ``source`` under ``tag``: the application's ``flavours`` and, with
+    ``services``, PostgreSQL, Redis and Flower. Returns the seconds of each step (``name_s``)
+    and the wheelhouse they were built from."""
     base_image(BASE)
     base_image(SERVICES_BASE)
     started = time.monotonic()
@@ -243,14 +247,14 @@ def build(source: Path, tag: str, *, flavours: Sequence[str] = ("gpu", "cpu")) -
                 timings[f"build_{flavour}_s"] = docker_build(
                     context, name, FLAVOUR=flavour, VERSION=version, REVISION=version
                 )
-    for service in SERVICES:
+    for service in SERVICES if services else ():
         # The classic builder sends the whole context for every image: only Flower's, which
         # installs Python packages, holds the wheelhouse.
         with build_context(wheels=wheels if service == "flower" else None) as context:
             timings[f"build_{service}_s"] = docker_build(
                 context, f"mdf-{service}:{tag}", "docker/services.Dockerfile", target=service
             )
-    return timings
+    return timings, wheels
 
 
 def docker_build(
@@ -282,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     BUILD_DIR.mkdir(parents=True, exist_ok=True)
     ensure_docker()
     ensure_compose()
-    for name, value in build(args.source.resolve(), args.tag).items():
+    for name, value in build(args.source.resolve(), args.tag)[0].items():
         print(f"{name}: {value}")
     return 0
 
