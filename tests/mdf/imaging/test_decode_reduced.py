@@ -9,6 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from corpus import fundus_image
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from db.lifecycle import ReasonCode
@@ -119,3 +122,37 @@ def test_a_small_jpeg_and_other_formats_decode_whole(tmp_path: Path) -> None:
 def test_a_long_side_below_one_is_a_programming_error(camera_jpeg: bytes) -> None:
     with pytest.raises(ValueError, match="long_side"):
         decode_reduced(camera_jpeg, long_side=0)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@settings(
+    derandomize=True,
+    deadline=2000,
+    max_examples=300,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(data=st.data())
+def test_a_damaged_jpeg_decoded_reduced_ends_in_a_verdict(data: st.DataObject) -> None:
+    """As tests/test_fuzz.py does for full decoding: bytes flipped, set or cut, anywhere
+    or in the header, end in pixels no larger than the declared size, or a Rejection."""
+    buffer = BytesIO()
+    Image.fromarray(fundus_image()).save(buffer, "JPEG", quality=90)
+    content = bytearray(buffer.getvalue())
+    for _ in range(data.draw(st.integers(1, 4))):
+        at = data.draw(st.one_of(st.integers(0, 700), st.integers(0, len(content) - 1)))
+        at %= len(content)
+        edit = data.draw(st.sampled_from(["flip", "set", "cut"]))
+        if edit == "flip":
+            content[at] ^= 1 << data.draw(st.integers(0, 7))
+        elif edit == "set":
+            content[at : at + 2] = data.draw(st.sampled_from([b"\xff\xff", b"\x00\x00"]))
+        else:
+            del content[max(at, 1) :]
+    try:
+        decoded = decode_reduced(bytes(content), long_side=16, max_pixels=1_000_000)
+    except Rejection as rejection:
+        assert rejection.reason
+    else:
+        width, height = decoded.size
+        assert width * height <= 1_000_000
+        assert decoded.pixels.shape[0] <= height and decoded.pixels.shape[1] <= width
