@@ -36,9 +36,11 @@ def check_inflated_size(data: bytes, limit: int) -> None:
     try:
         read_preamble(stream, force=True)
         meta = _read_file_meta_info(stream)  # pydicom's own meta reader; no public one reads bytes
+        # Elements convert when first read: a malformed one (an unknown VR) raises here.
+        deflated = meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian
     except Exception:  # pydicom raises many types for a malformed meta group
         return
-    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+    if not deflated:
         return
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     pending, inflated = data[stream.tell() :], 0

@@ -132,3 +132,13 @@ def test_a_deflate_bomb_is_refused_before_it_is_inflated(corpus_dir: Path, tmp_p
     outcome, grew = decode_in_subprocess(corpus_dir, bomb)
     assert outcome == "too_large"
     assert grew < bound(bomb), grew
+
+
+def test_a_meta_element_of_unknown_vr_is_a_rejection_not_a_crash(corpus_dir: Path) -> None:
+    """Found by the fuzz run: pydicom converts a meta element when it is first read, so an
+    unknown VR on the transfer syntax raised from the deflate check instead of being refused."""
+    data = (corpus_dir / "op_deflated.dcm").read_bytes()
+    at = data.index(b"\x02\x00\x10\x00UI")  # (0002,0010) Transfer Syntax UID, explicit VR
+    mangled = data[: at + 4] + b"TI" + data[at + 6 :]
+    with pytest.raises(Rejection):
+        probe(Path("mangled.dcm"), data=mangled, max_pixels=1_000_000)
