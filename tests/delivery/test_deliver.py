@@ -159,6 +159,9 @@ def start_worker(tmp_path: Path, name: str, queues: str, **env: str) -> WorkerPr
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    "database_url", ["postgresql"], indirect=True
+)  # one engine: the end-to-end runs share the other's
 def test_orthanc_down_during_delivery_then_up_gets_each_object_once(
     settings: Settings, broker: redis.Redis, tmp_path: Path
 ) -> None:
@@ -195,6 +198,9 @@ def test_orthanc_down_during_delivery_then_up_gets_each_object_once(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    "database_url", ["sqlite"], indirect=True
+)  # one engine: the end-to-end runs share the other's
 def test_a_study_no_worker_sent_is_delivered_by_the_scheduler_sweep(
     settings: Settings,
     broker: redis.Redis,
@@ -229,6 +235,9 @@ def test_a_study_no_worker_sent_is_delivered_by_the_scheduler_sweep(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    "database_url", ["sqlite"], indirect=True
+)  # one engine: the end-to-end runs share the other's
 def test_pull_classify_and_the_results_come_back_to_the_pacs(
     settings: Settings,
     broker: redis.Redis,
@@ -278,6 +287,9 @@ def test_pull_classify_and_the_results_come_back_to_the_pacs(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    "database_url", ["postgresql"], indirect=True
+)  # one engine: the end-to-end runs share the other's
 def test_a_camera_sends_to_the_listener_and_the_results_go_to_a_dicom_node(
     settings: Settings,
     broker: redis.Redis,

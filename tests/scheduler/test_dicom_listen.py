@@ -95,6 +95,9 @@ def test_each_transfer_syntax_is_received_and_registered_without_identity_in_the
         assert identity not in log
 
 
+@pytest.mark.parametrize(
+    "database_url", ["sqlite"], indirect=True
+)  # the network side is the engine's no matter
 def test_a_calling_ae_title_not_allowed_is_refused_at_association(
     settings: Settings, broker: redis.Redis, tmp_path: Path, storescu: str
 ) -> None:
@@ -136,6 +139,9 @@ def acknowledged(output: str, sop_uids: dict[Path, str]) -> set[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    "database_url", ["postgresql"], indirect=True
+)  # the network side is the engine's no matter
 def test_a_listener_killed_mid_association_loses_nothing_acknowledged_and_doubles_nothing(
     settings: Settings, broker: redis.Redis, tmp_path: Path, storescu: str
 ) -> None:
@@ -205,6 +211,9 @@ def _certificates(folder: Path) -> dict[str, Path]:
     return {path.name: path for path in folder.iterdir()}
 
 
+@pytest.mark.parametrize(
+    "database_url", ["sqlite"], indirect=True
+)  # the network side is the engine's no matter
 def test_with_a_certificate_the_listener_speaks_tls_only_to_peers_the_ca_signed(
     settings: Settings, broker: redis.Redis, tmp_path: Path, storescu: str
 ) -> None:
