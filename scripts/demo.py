@@ -111,6 +111,7 @@ def train(root: Path, entry: Path, training: dict[str, int]) -> None:
                 "labels": version.labels,
                 "preset": version.preset,
                 "metrics": version.metrics,
+                "referral": version.referral,  # the thresholds training chose
                 "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
                 "training": training,
             }
@@ -140,6 +141,7 @@ def promote_cached(data_dir: Path, entry: Path) -> str:
             name=record["name"],
             preset=record["preset"],
             metrics=record["metrics"],
+            referral=record.get("referral"),  # absent from entries cached before it was kept
         )
         promote(
             session,
