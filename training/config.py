@@ -47,6 +47,21 @@ class LoraSettings(BaseModel):
     )
 
 
+class VesselStage(BaseModel):
+    """The U-Net's own segmentation stage before the joint loop, on patches of the training
+    images that have reference masks (training/vessels.py says why). ``steps: 0`` leaves
+    it out. ``bf16`` autocasts it on any device: on one thread of an AMD EPYC (AVX-512 BF16)
+    a step took 1.05 CPU seconds against 1.77 in float32."""
+
+    model_config = ConfigDict(extra="forbid")
+    steps: int = Field(default=0, ge=0)
+    patch: int = Field(default=128, ge=32, description="side of the square patches")
+    batch: int = Field(default=8, ge=1)
+    learning_rate: float = Field(default=2e-3, gt=0)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    bf16: bool = True
+
+
 class PromotionRule(BaseModel):
     model_config = ConfigDict(extra="forbid")
     metric: Literal["accuracy", "macro_f1", "auroc"] = "accuracy"
@@ -88,6 +103,7 @@ class TrainConfig(BaseModel):
         description="each epoch's learning rates: as given, or decayed along a half cosine",
     )
     seg_loss_weight: float | None = Field(default=None, description="default: the model's")
+    vessels: VesselStage = Field(default_factory=VesselStage)
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
     eval_fraction: float = Field(default=0.25, gt=0, lt=1)
     validation_fraction: float = Field(default=0.2, gt=0, lt=1)
@@ -114,6 +130,11 @@ class TrainConfig(BaseModel):
             raise ValueError(
                 f"distributed: fsdp shards a full fine-tune (strategy: full), not {self.strategy}; "
                 "LoRA and the partial strategies fit one GPU"
+            )
+        if self.distributed == "fsdp" and self.vessels.steps:
+            raise ValueError(
+                "vessels: the U-Net's segmentation stage runs in one process; "
+                "set vessels.steps to 0 with distributed: fsdp"
             )
         return self
 

@@ -35,7 +35,7 @@ import structlog
 import torch
 from tqdm import tqdm
 
-from training import distributed, lora
+from training import distributed, lora, vessels
 from training import state as saved
 from training.config import EarlyStopping, TrainConfig
 
@@ -342,6 +342,8 @@ class Trainer:
         rng = np.random.default_rng(self.config.seed)
         if state is not None and state.exists():
             first, history, rng = self.restore_state(state)
+        else:
+            vessels.learn(self.model, train_inputs, self.config)  # the U-Net on masks first
         for epoch in range(first, self.config.epochs + 1):
             factor = learning_rate_factor(epoch, self.config.epochs, self.config.lr_schedule)
             for group, base in zip(self.optimizer.param_groups, self.base_rates, strict=True):
