@@ -1,11 +1,13 @@
-"""Prometheus metrics of the long-running processes (``mdf scheduler``, ``mdf worker``).
+"""Prometheus metrics of the long-running processes (``mdf scheduler``, ``mdf worker``,
+``mdf dicom listen``).
 
 What describes the whole service is served by the scheduler alone and read at each
 scrape from where it lives: images per status and reason code from the database
 (``db.metrics``), messages waiting per queue from Redis (:class:`QueueDepth`). So a sum
 over every scrape target counts nothing twice, and a restarted worker loses none of it.
 What one worker does is that worker's own: its chunks' wall time and outcomes, the
-model version it serves, the GPU memory it holds. ``MDF_METRICS_PORT`` turns serving on.
+model version it serves, the GPU memory it holds; and a listener's associations and
+instances. ``MDF_METRICS_PORT`` turns serving on.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from mdf.broker import broker_url
-from mdf.celery_app import INFERENCE_QUEUE, INTAKE_QUEUE, TRAINING_QUEUE
+from mdf.celery_app import DELIVER_QUEUE, INFERENCE_QUEUE, INTAKE_QUEUE, TRAINING_QUEUE
 from mdf.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -46,6 +48,24 @@ CHUNK_IMAGES = Counter(
     ["outcome"],
 )
 MODEL = Info("mdf_model", "The model version this worker serves.")
+DICOM_ASSOCIATIONS = Counter(
+    "mdf_dicom_associations",
+    "Associations this listener accepted, or refused (a calling AE title not allowed, our AE "
+    "title not called, nothing it could accept).",
+    ["outcome"],
+)
+DICOM_INSTANCES = Counter(
+    "mdf_dicom_instances",
+    "Instances this listener was sent by outcome: stored in the spool and acknowledged, or "
+    "refused (not written: out of resources).",
+    ["outcome"],
+)
+DICOM_STUDIES = Counter(
+    "mdf_dicom_studies",
+    "Study folders this listener handed to intake (handed), or whose hand-over failed and "
+    "waits for a retry (failed).",
+    ["outcome"],
+)
 
 
 def observe_chunk(seconds: float, counts: Mapping[str, int]) -> None:
@@ -67,7 +87,7 @@ class QueueDepth(Collector):
     in the broker's unacknowledged set until the worker acknowledges it.
     """
 
-    QUEUES = (INTAKE_QUEUE, INFERENCE_QUEUE, TRAINING_QUEUE)
+    QUEUES = (INTAKE_QUEUE, INFERENCE_QUEUE, TRAINING_QUEUE, DELIVER_QUEUE)
 
     def __init__(self, settings: Settings):
         # kombu's embedded-Redis URL (redis+socket://PATH) is redis-py's unix://PATH

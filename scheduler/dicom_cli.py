@@ -1,4 +1,4 @@
-"""The DICOM network commands: ``mdf dicom listen`` and ``mdf pull``."""
+"""The DICOM network commands: ``mdf dicom listen``, ``mdf dicom echo`` and ``mdf pull``."""
 
 from __future__ import annotations
 
@@ -23,6 +23,20 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     listen.add_argument("--port", type=int, help="port (default: MDF_DICOM_PORT)")
     listen.add_argument("--ae-title", help="our AE title (default: MDF_DICOM_AE_TITLE)")
     listen.set_defaults(handler=_listen)
+    echo = commands.add_parser(
+        "echo",
+        help="C-ECHO a listener (by default ours on this host, calling as the first allowed "
+        "AE title): exit 0 when it answers; the listener's container health check",
+    )
+    echo.add_argument("--host", default="127.0.0.1", help="its address (default: 127.0.0.1)")
+    echo.add_argument("--port", type=int, help="its port (default: MDF_DICOM_PORT)")
+    echo.add_argument("--ae-title", help="its AE title (default: MDF_DICOM_AE_TITLE)")
+    echo.add_argument(
+        "--calling-ae",
+        help="ours (default: the first of MDF_DICOM_ALLOWED_AES, else MDF_DICOM_AE_TITLE)",
+    )
+    echo.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
+    echo.set_defaults(handler=_echo)
 
     pull = subparsers.add_parser(
         "pull", help="fetch new instances from a PACS over DICOMweb (QIDO-RS, WADO-RS) and ingest"
@@ -42,6 +56,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _listen(args: argparse.Namespace, settings: Settings) -> int:
+    from mdf.metrics import serve
     from scheduler.dicom_listen import batch_name, listen
     from scheduler.service import Scheduler
 
@@ -60,6 +75,7 @@ def _listen(args: argparse.Namespace, settings: Settings) -> int:
         )
     settings.resolved_pseudonym_key()  # a bad key stops us before anything is acknowledged
     scheduler = Scheduler(settings)  # refuses an unmigrated database before we listen
+    serve(settings.metrics_port)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -77,6 +93,18 @@ def _listen(args: argparse.Namespace, settings: Settings) -> int:
             f"cannot listen on {settings.dicom_host}:{settings.dicom_port}: {error.strerror}"
         ) from error
     return 0
+
+
+def _echo(args: argparse.Namespace, settings: Settings) -> int:
+    from scheduler.dicom_listen import echo
+
+    called = args.ae_title or settings.dicom_ae_title
+    calling = args.calling_ae or next(iter(settings.dicom_allowed_aes), settings.dicom_ae_title)
+    port = args.port or settings.dicom_port
+    problem = echo(args.host, port, called=called, calling=calling, timeout_s=args.timeout)
+    where = f"{called}@{args.host}:{port}"
+    print(f"{where}: {problem}" if problem else f"{where} answered C-ECHO")
+    return 1 if problem else 0
 
 
 def _pull(args: argparse.Namespace, settings: Settings) -> int:

@@ -14,6 +14,8 @@ Only the calling AE titles of ``MDF_DICOM_ALLOWED_AES`` may associate; only the 
 classes and transfer syntaxes intake accepts and decodes are negotiated, so a camera
 sending anything else is told at association. Patient identity never reaches a log line:
 the listener logs AE titles and hashed study keys, and pynetdicom logs warnings only.
+It counts associations, instances and hand-overs for Prometheus (``mdf.metrics``), and
+:func:`echo` is its health check: a C-ECHO as a camera would send it.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from pynetdicom.sop_class import Verification
 
 from mdf.imaging.dicom import ACCEPTED_SOP_CLASSES
 from mdf.logs import summarise_error
+from mdf.metrics import DICOM_ASSOCIATIONS, DICOM_INSTANCES, DICOM_STUDIES
 from mdf.settings import Settings
 from scheduler.spool import clear_partial, sync_directory, uid_key, write_atomically
 
@@ -156,9 +159,11 @@ def hand_over(spool: StudySpool, quiet_s: float, ingest: Callable[[Path], object
             ingest(folder)
         except Exception as error:
             delay = spool.postpone(folder)
+            DICOM_STUDIES.labels("failed").inc()
             log.error("study_handover_failed", error=summarise_error(error), retry_in_s=delay)
             continue
         spool.mark_handed(folder)
+        DICOM_STUDIES.labels("handed").inc()
         handed += 1
         log.info("study_handed_over", study=folder.name.partition("-")[0])
     return handed
@@ -171,17 +176,21 @@ def _on_store(event: Event, spool: StudySpool) -> int:
     try:
         study = spool.store(_study_uid(data) or sop_uid, sop_uid, data)
     except OSError as error:
+        DICOM_INSTANCES.labels("refused").inc()
         log.error("instance_not_stored", error=summarise_error(error))
         return OUT_OF_RESOURCES
+    DICOM_INSTANCES.labels("stored").inc()
     log.debug("instance_stored", study=study, calling_ae=event.assoc.requestor.ae_title)
     return SUCCESS
 
 
 def _on_accepted(event: Event) -> None:
+    DICOM_ASSOCIATIONS.labels("accepted").inc()
     log.info("association_accepted", calling_ae=event.assoc.requestor.ae_title)
 
 
 def _on_rejected(event: Event) -> None:
+    DICOM_ASSOCIATIONS.labels("refused").inc()
     log.warning("association_refused", calling_ae=event.assoc.requestor.ae_title)
 
 
@@ -220,6 +229,13 @@ def listen(
 ) -> None:
     """Serve until ``stop`` is set, handing quiet studies to ``ingest`` meanwhile."""
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # its INFO lines dump headers
+    for counter, outcomes in (
+        (DICOM_ASSOCIATIONS, ("accepted", "refused")),
+        (DICOM_INSTANCES, ("stored", "refused")),
+        (DICOM_STUDIES, ("handed", "failed")),
+    ):
+        for outcome in outcomes:
+            counter.labels(outcome)  # served as 0 from the start, not only once it happens
     spool = StudySpool(settings.resolved_dicom_spool_dir)
     spool.recover()
     handlers = [
@@ -237,3 +253,23 @@ def listen(
             hand_over(spool, settings.dicom_study_quiet_s, ingest)
     finally:
         server.shutdown()
+
+
+def echo(host: str, port: int, *, called: str, calling: str, timeout_s: float) -> str | None:
+    """A C-ECHO to ``called`` at ``host:port``: None when it succeeded, else why not."""
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(Verification)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
+    association = ae.associate(host, port, ae_title=called)
+    if not association.is_established:
+        if association.is_rejected:
+            return f"association rejected (calling AE {calling}, called AE {called})"
+        return "no association (nothing listening there, or it aborted)"
+    try:
+        status = association.send_c_echo()
+    finally:
+        association.release()
+    code = status.get("Status") if status else None
+    if code is None:
+        return "C-ECHO got no answer"
+    return None if code == SUCCESS else f"C-ECHO status 0x{code:04X}"

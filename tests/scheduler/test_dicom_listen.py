@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis
+from scraped import by_label, scrape
 from sqlalchemy import select
 
 from db.models import Image, ImageStatus
@@ -234,3 +235,50 @@ def test_with_a_certificate_the_listener_speaks_tls_only_to_peers_the_ca_signed(
         output = send(running.port, files, *client)
         assert output.count("Received Store Response (Success)") == 2, output
         wait_for(lambda: len(images(settings)) == 2, 30, "intake to register them")
+
+
+@pytest.mark.parametrize(
+    "database_url", ["sqlite"], indirect=True
+)  # the network side is the engine's no matter
+def test_mdf_dicom_echo_checks_the_listener_and_its_metrics_count_what_it_did(
+    settings: Settings, broker: redis.Redis, tmp_path: Path, storescu: str
+) -> None:
+    def echo(port: int, *options: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "mdf.cli", "dicom", "echo", "--port", str(port)]
+        return subprocess.run(
+            [*command, *options],
+            env={**os.environ, **QUIET},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    files = write_instances(tmp_path / "camera", 3, study_uid="1.2.3.10")
+    metrics_port = free_port()
+    with listener(tmp_path, **QUIET, MDF_METRICS_PORT=str(metrics_port)) as running:
+        answered = echo(running.port)  # calling as CAMERA, the first allowed AE title
+        assert answered.returncode == 0, answered.stdout + answered.stderr
+        assert "answered C-ECHO" in answered.stdout
+        refused = echo(running.port, "--calling-ae", "INTRUDER")
+        assert refused.returncode == 1
+        assert "association rejected" in refused.stdout
+        assert "Received Store Response (Success)" in send(running.port, list(files))
+        wait_for(lambda: len(images(settings)) == 3, 30, "intake to register them")
+
+        def handed() -> float:
+            return by_label(scrape(metrics_port), "mdf_dicom_studies_total", "outcome")["handed"]
+
+        wait_for(lambda: handed() == 1, 30, "the study to be marked handed")
+        samples = scrape(metrics_port)
+    assert by_label(samples, "mdf_dicom_associations_total", "outcome") == {
+        "accepted": 2,  # the echo and storescu
+        "refused": 1,
+    }
+    assert by_label(samples, "mdf_dicom_instances_total", "outcome") == {
+        "stored": 3,
+        "refused": 0,
+    }
+    assert by_label(samples, "mdf_dicom_studies_total", "outcome") == {"handed": 1, "failed": 0}
+    gone = echo(running.port)
+    assert gone.returncode == 1
+    assert "no association" in gone.stdout

@@ -17,7 +17,7 @@ from scraped import by_label, free_port, scrape
 from db.lifecycle import ImageStatus
 from db.models import Image
 from db.session import session_factory
-from mdf.celery_app import INFERENCE_QUEUE, INTAKE_QUEUE, TRAINING_QUEUE
+from mdf.celery_app import DELIVER_QUEUE, INFERENCE_QUEUE, INTAKE_QUEUE, TRAINING_QUEUE
 from mdf.settings import Settings
 
 
@@ -77,6 +77,7 @@ def test_the_scheduler_serves_image_counts_and_queue_depths_as_stored(
         INFERENCE_QUEUE: 4,
         TRAINING_QUEUE: 1,
         INTAKE_QUEUE: 0,
+        DELIVER_QUEUE: 0,
     }
     # add_images finishes the done and rejected rows now: five in the last minute
     assert samples["mdf_images_per_second", ()] == pytest.approx(5 / 60)
