@@ -21,7 +21,7 @@ from mdf.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 FIELDS = {f"MDF_{name.upper()}" for name in Settings.model_fields}
-APP_SERVICES = ("migrate", "scheduler", "worker", "trainer")
+APP_SERVICES = ("migrate", "scheduler", "worker", "trainer", "listener", "deliverer")
 INTERPOLATED = re.compile(r"\$\{(MDF_[A-Z0-9_]+)")
 
 
@@ -72,6 +72,8 @@ def test_every_role_is_a_service(services: dict[str, Any]) -> None:
     assert services["scheduler"]["command"] == ["scheduler"]
     assert services["worker"]["command"][:1] == ["worker"]
     assert services["trainer"]["command"] == ["worker", "--queues", "training"]
+    assert services["listener"]["command"] == ["dicom", "listen"]
+    assert services["deliverer"]["command"] == ["worker", "--queues", "deliver"]
     for name in APP_SERVICES:
         assert services[name]["image"] == "mdf-screening:${IMAGE_TAG:-latest}"
     for name, service in services.items():  # built by scripts/images.py, never pulled
@@ -89,6 +91,19 @@ def test_workers_see_the_gpus_and_each_claims_its_own(services: dict[str, Any]) 
     assert "container_name" not in worker and "ports" not in worker  # --scale worker=N
 
 
+def test_the_dicom_services_run_where_a_profile_names_them(services: dict[str, Any]) -> None:
+    listener, deliverer = services["listener"], services["deliverer"]
+    assert listener["profiles"] == ["listen"] and deliverer["profiles"] == ["deliver"]
+    assert listener["environment"]["MDF_DICOM_HOST"] == "0.0.0.0"  # reachable through the port
+    assert listener["ports"] == [
+        f"${{DICOM_PORT:-11112}}:{listener['environment']['MDF_DICOM_PORT']}"
+    ]
+    assert listener["healthcheck"]["test"][1:4] == ["mdf", "dicom", "echo"]
+    assert _mounts(listener)["/data"] == ("data", False)  # the spool outlives the container
+    assert "deploy" not in deliverer and deliverer["environment"]["MDF_DEVICE"] == "cpu"
+    assert deliverer["healthcheck"]["test"][1:3] == ["mdf", "ping"]
+
+
 def test_the_cpu_override_drops_the_gpu(services: dict[str, Any]) -> None:
     override = _load("docker-compose.cpu.yml")["services"]
     for name in ("worker", "trainer"):
@@ -102,7 +117,7 @@ def test_the_cpu_override_drops_the_gpu(services: dict[str, Any]) -> None:
 
 def test_start_order_waits_for_health_and_migrations(services: dict[str, Any]) -> None:
     assert services["migrate"]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
-    for name in ("scheduler", "worker", "trainer"):
+    for name in ("scheduler", "worker", "trainer", "listener", "deliverer"):
         assert services[name]["depends_on"] == {
             "migrate": {"condition": "service_completed_successfully"},
             "redis": {"condition": "service_healthy"},
@@ -115,7 +130,7 @@ def test_start_order_waits_for_health_and_migrations(services: dict[str, Any]) -
 
 
 def test_long_running_services_have_health_checks(services: dict[str, Any]) -> None:
-    for name in ("redis", "postgres", "scheduler", "worker", "trainer", "flower"):
+    for name in ("redis", "postgres", *APP_SERVICES[1:], "flower"):
         test = services[name]["healthcheck"]["test"]
         assert test[0] in ("CMD", "CMD-SHELL") and len(test) > 1, name
     assert services["worker"]["healthcheck"]["test"][1:3] == ["mdf", "ping"]
