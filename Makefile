@@ -37,8 +37,9 @@ bench: $(STAMP)
 
 # The compose stack built offline and run for real: see scripts/compose_check.py. Needs a
 # Docker daemon, or root to start one; about ten minutes on two cores; not run by CI.
+# UPGRADE_FROM=REVISION starts on that release's images and upgrades mid-night.
 compose-check: $(STAMP)
-	$(BIN)/python scripts/compose_check.py
+	$(BIN)/python scripts/compose_check.py $(if $(UPGRADE_FROM),--upgrade-from $(UPGRADE_FROM))
 
 # What an air-gapped site needs, with checksums: see scripts/bundle.py.
 bundle: $(STAMP)

@@ -268,13 +268,16 @@ def docker_build(
     """One image, without network; returns the seconds it took."""
     log(f"building {name}")
     started = time.monotonic()
-    command = ["docker", "build", "--network", "none", "--quiet", "--file", dockerfile]
+    command = ["docker", "build", "--network", "none", "--file", dockerfile]
     command += ["--tag", name] + (["--target", target] if target else [])
     for key, value in args.items():
         command += ["--build-arg", f"{key}={value}"]
-    # DOCKER_BUILDKIT=0: the classic builder; BuildKit needs buildx, not packaged here.
-    run(*command, ".", cwd=context, stdout=subprocess.DEVNULL,
-        env={**os.environ, "DOCKER_BUILDKIT": "0"})  # fmt: skip
+    # DOCKER_BUILDKIT=0: the classic builder (BuildKit needs buildx, not packaged here);
+    # its output, and its warning that it is deprecated, show only when the build fails.
+    built = subprocess.run([*command, "."], cwd=context, capture_output=True, text=True,
+                           env={**os.environ, "DOCKER_BUILDKIT": "0"})  # fmt: skip
+    if built.returncode:
+        raise SystemExit(f"building {name} failed:\n{built.stdout[-6000:]}{built.stderr[-6000:]}")
     return f"{time.monotonic() - started:.1f}"
 
 
