@@ -47,6 +47,7 @@ ABLATIONS: Mapping[str, tuple[str, ...]] = MappingProxyType(
 )
 
 _PROMPT_FIELDS = frozenset({"clinical", "labels"})
+_MLLAMA_MAX_TILES = 4  # MllamaVisionConfig's max_num_tiles default
 
 # The architecture fields an MDFConfig records about its base model (``base_config``).
 _BASE_VISION_FIELDS = (
@@ -95,6 +96,14 @@ def check_fusion_layers(
         )
 
 
+def _base_slots(base_config: Mapping[str, Any]) -> Any:
+    """The tile slots the base's vision tower was built for (``max_num_tiles``)."""
+    vision = base_config.get("vision_config") if isinstance(base_config, Mapping) else None
+    if not isinstance(vision, Mapping):
+        return _MLLAMA_MAX_TILES
+    return vision.get("max_num_tiles", _MLLAMA_MAX_TILES)
+
+
 def _template_fields(template: str) -> set[str]:
     return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
 
@@ -115,7 +124,8 @@ class MDFConfig:
             this many tiles. The released Llama 3.2 Vision computes all four slots, padding
             included, and its patches attend to the padding tiles; a square photograph uses one.
             Fewer slots change the output, so a model is trained and served with one value,
-            which its checkpoint records (see tiles.py).
+            which its checkpoint records (see tiles.py). A configuration written before the
+            field existed means all the base's slots, what such a model computed.
         fusion_layers: text decoder layers that receive the U-Net tokens; each must be one of the
             base model's cross-attention layers.
         alpha: scale of the fused cross-attention output (initial value when learnable).
@@ -235,7 +245,7 @@ class MDFConfig:
         if len(set(folded)) != len(folded):
             raise ValueError(f"labels must be distinct (ignoring case), got {list(self.labels)}")
 
-        most = self.vision_config.get("max_num_tiles", 4)  # MllamaVisionConfig's default
+        most = _base_slots(self.base_config)
         tiles = self.vision_tiles
         if isinstance(tiles, bool) or not isinstance(tiles, int) or not 1 <= tiles <= most:
             raise ValueError(
@@ -336,6 +346,10 @@ class MDFConfig:
         )
         if missing:
             raise ValueError(f"missing configuration fields {missing}")
+        if "vision_tiles" not in data:
+            # Written before the field existed: the tower computed all the base's slots, and
+            # the processor fitted a photograph onto as many tiles (Mllama's 4).
+            data = {**data, "vision_tiles": _base_slots(data["base_config"])}
         return cls(**data)
 
     def to_json_file(self, path: Path) -> None:

@@ -148,8 +148,11 @@ def from_pretrained(
     ``base_dir`` points a checkpoint that refers to an external base model at a new location
     of that base; its files must still match the recorded hashes. ``expected_manifest_sha256``
     (the version id a database registered) refuses a checkpoint changed since, and
-    ``vision_tiles`` (what the service serves with) a checkpoint trained with another value,
-    both before any weight is read. Returns the model in eval mode.
+    ``vision_tiles`` (what the service serves with) a checkpoint that records another value,
+    both before any weight is read. A checkpoint written before checkpoints recorded it is
+    served with the tiles it was trained with (see `MDFConfig.from_dict`), whatever
+    ``vision_tiles`` says: refusing it would refuse every model of an earlier release.
+    Returns the model in eval mode.
     """
     directory = Path(directory)
     manifest = verify_manifest(
@@ -157,12 +160,20 @@ def from_pretrained(
         base_dir=None if base_dir is None else Path(base_dir),
         expected_version=expected_manifest_sha256,
     )
-    config = read_config(directory, read_verified(directory, manifest, CONFIG_NAME))
+    data = read_verified(directory, manifest, CONFIG_NAME)
+    config = read_config(directory, data)
     if vision_tiles is not None and config.vision_tiles != vision_tiles:
-        raise CheckpointError(
-            f"{directory / CONFIG_NAME}: trained with vision_tiles {config.vision_tiles}, "
-            f"served with {vision_tiles}: its answers would differ from the ones it was "
-            "validated with"
+        if "vision_tiles" in json.loads(data):
+            raise CheckpointError(
+                f"{directory / CONFIG_NAME}: trained with vision_tiles {config.vision_tiles}, "
+                f"served with {vision_tiles}: its answers would differ from the ones it was "
+                "validated with"
+            )
+        log.warning(
+            "model.vision_tiles_unrecorded",
+            version=manifest.version_hash,
+            vision_tiles=config.vision_tiles,
+            configured=vision_tiles,
         )
 
     weight_files = {name: (directory / name).is_file() for name in (UNET_WEIGHTS, FUSION_WEIGHTS)}

@@ -10,7 +10,8 @@ one registered with it: a checkpoint replaced on disk with a rewritten manifest 
 refused, with the version name and both hashes in the log line. A checkpoint trained with
 another number of vision tiles than the worker's (``MDF_VISION_TILES``) is refused too,
 before any weight is read: its answers would differ from the ones it was validated with.
-A promoted checkpoint
+One written before checkpoints recorded that number is served with what it was trained with,
+all four tiles of Mllama's processor. A promoted checkpoint
 that is refused or fails to load is logged and not retried by this process; the worker
 keeps serving what it had rather than stopping the night, or refuses to start with
 nothing to serve.

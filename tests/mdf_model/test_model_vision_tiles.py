@@ -9,13 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import structlog
 import torch
 from transformers import MllamaForConditionalGeneration, MllamaVisionModel
 from transformers.models.mllama.image_processing_mllama import get_all_supported_aspect_ratios
 
-from mdf_model import CheckpointError, Classifier, MDFModel, load_classifier
+from mdf_model import CheckpointError, Classifier, MDFConfig, MDFModel, load_classifier
 from mdf_model.checkpoint import write_manifest
 from tests.mdf_model.conftest import synthetic_fundus
+from tests.mdf_model.legacy import released_before_vision_tiles, with_processor_tiles
 
 # Shapes (height, width) on which the tiny processor (112 px tiles) puts 1, 2 and 4 tiles.
 SQUARE, TALL, LARGE = (512, 512), (224, 112), (300, 200)
@@ -111,6 +113,38 @@ def test_the_checkpoint_records_vision_tiles_and_refuses_another(tiny_checkpoint
     assert load_classifier(tiny_checkpoint, vision_tiles=1).model.config.vision_tiles == 1
     with pytest.raises(CheckpointError, match=r"mdf_config\.json: trained with vision_tiles 1, "):
         load_classifier(tiny_checkpoint, vision_tiles=4)
+
+
+def test_a_configuration_without_vision_tiles_means_all_the_base_slots() -> None:
+    """What a model computed before the field existed: every slot of the base's tower."""
+    data = MDFConfig.from_preset("tiny").to_dict()
+    del data["vision_tiles"]
+    assert MDFConfig.from_dict(data).vision_tiles == 4
+    data["base_config"]["vision_config"]["max_num_tiles"] = 2
+    assert MDFConfig.from_dict(data).vision_tiles == 2
+
+
+def test_a_checkpoint_from_before_vision_tiles_is_served_as_it_was_trained(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """Whatever tile count the service serves with: it records none, and refusing it would
+    refuse every model of the previous release. One that records 4 is refused with 1."""
+    legacy = released_before_vision_tiles(tiny_checkpoint, tmp_path / "legacy")
+    four = with_processor_tiles(tiny_checkpoint, tmp_path / "four", 4)
+    image = synthetic_fundus(*SQUARE, seed=0)
+    expected = load_classifier(four, vision_tiles=4).classify([image], generate_text=False)
+    for served in (None, 1, 4):
+        with structlog.testing.capture_logs() as logs:
+            classifier = load_classifier(legacy, vision_tiles=served)
+        assert classifier.model.config.vision_tiles == 4
+        answer = classifier.classify([image], generate_text=False)
+        assert answer[0].probabilities == expected[0].probabilities
+        warned = [line for line in logs if line["event"] == "model.vision_tiles_unrecorded"]
+        assert [(w["vision_tiles"], w["configured"]) for w in warned] == (
+            [(4, 1)] if served == 1 else []
+        )
+    with pytest.raises(CheckpointError, match=r"trained with vision_tiles 4, served with 1"):
+        load_classifier(four, vision_tiles=1)
 
 
 def test_a_processor_that_disagrees_with_the_configuration_is_refused(

@@ -18,6 +18,7 @@ from db.models import ModelVersion
 from mdf.settings import Settings
 from mdf_model import load_classifier
 from mdf_model.checkpoint import write_manifest
+from tests.mdf_model.legacy import released_before_vision_tiles
 from worker.serving import ModelServer, ModelUnavailable
 
 
@@ -129,3 +130,18 @@ def test_mdf_worker_with_another_tile_count_does_not_start(
         code, _, err = mdf("worker", "--queues", "inference")
     assert code == 2
     assert "trained with vision_tiles 2, served with 1" in err
+
+
+@pytest.mark.parametrize("promoted", [True, False], ids=["promoted", "MDF_MODEL_DIR"])
+def test_a_checkpoint_of_the_previous_release_is_served_as_it_was_trained(
+    sessions: sessionmaker[Session], tiny_checkpoint: Path, tmp_path: Path, promoted: bool
+) -> None:
+    """It records no vision_tiles: a worker serving one tile serves its four, instead of
+    refusing every model an operator upgraded with."""
+    legacy = released_before_vision_tiles(tiny_checkpoint, tmp_path / "legacy")
+    if promoted:
+        _registered(sessions, legacy, "v1", tmp_path / "v1")
+    server = ModelServer(
+        sessions, model_dir=None if promoted else legacy, device="cpu", vision_tiles=1
+    )
+    assert server.current().classifier.model.config.vision_tiles == 4
