@@ -58,7 +58,14 @@ _CHUNK = 8 * 1024 * 1024
 
 
 class CheckpointError(ValueError):
-    """A checkpoint (or weight file) that cannot be loaded as it is; the message names the file."""
+    """A checkpoint (or weight file) that cannot be loaded as it is. The message names the file
+    by its path inside the checkpoint, never the checkpoint's directory: it reaches a worker's
+    log lines, and a site's directory names may identify someone."""
+
+
+def _why(error: OSError) -> str:
+    """An OS error's reason without the file name its text carries."""
+    return error.strerror or type(error).__name__
 
 
 @dataclass(frozen=True)
@@ -146,18 +153,23 @@ def write_manifest(directory: Path, *, base_reference: Path | None = None) -> st
     return version
 
 
-def _verify_files(root: Path, files: dict[str, Any]) -> None:
+def _verify_files(root: Path, files: dict[str, Any], where: str = "") -> None:
+    """Every file of ``files`` under ``root`` as listed; errors name a file ``where`` + its
+    path inside ``root``."""
     for rel, entry in files.items():
         path = root / rel
         if not path.is_file():
-            raise CheckpointError(f"{path}: listed in the manifest but missing")
+            raise CheckpointError(f"{where}{rel}: listed in the manifest but missing")
         size = path.stat().st_size
         if size != entry["size"]:
             raise CheckpointError(
-                f"{path}: {size} bytes, the manifest says {entry['size']} (truncated or replaced)"
+                f"{where}{rel}: {size} bytes, the manifest says {entry['size']} "
+                "(truncated or replaced)"
             )
         if _sha256(path) != entry["sha256"]:
-            raise CheckpointError(f"{path}: content hash does not match the manifest (corrupt)")
+            raise CheckpointError(
+                f"{where}{rel}: content hash does not match the manifest (corrupt)"
+            )
 
 
 def _read_manifest(manifest_path: Path) -> bytes:
@@ -165,13 +177,11 @@ def _read_manifest(manifest_path: Path) -> bytes:
         with manifest_path.open("rb") as stream:
             raw = stream.read(MAX_MANIFEST_BYTES + 1)
     except FileNotFoundError as error:
-        raise CheckpointError(
-            f"{manifest_path}: missing; {manifest_path.parent} is not an MDF checkpoint"
-        ) from error
+        raise CheckpointError(f"{MANIFEST_NAME}: missing; not an MDF checkpoint") from error
     except OSError as error:
-        raise CheckpointError(f"{manifest_path}: unreadable ({error})") from error
+        raise CheckpointError(f"{MANIFEST_NAME}: unreadable ({_why(error)})") from error
     if len(raw) > MAX_MANIFEST_BYTES:
-        raise CheckpointError(f"{manifest_path}: larger than {MAX_MANIFEST_BYTES} bytes")
+        raise CheckpointError(f"{MANIFEST_NAME}: larger than {MAX_MANIFEST_BYTES} bytes")
     return raw
 
 
@@ -193,19 +203,19 @@ def verify_manifest(
         recorded = manifest["version_hash"]
         if manifest["format"] != MANIFEST_FORMAT:
             raise CheckpointError(
-                f"{manifest_path}: format {manifest['format']!r}, expected {MANIFEST_FORMAT!r}"
+                f"{MANIFEST_NAME}: format {manifest['format']!r}, expected {MANIFEST_FORMAT!r}"
             )
         tables = [files] if reference is None else [files, reference["files"]]
         for rel, entry in (item for table in tables for item in table.items()):
             if not isinstance(entry["sha256"], str) or not isinstance(entry["size"], int):
                 raise TypeError(f"bad entry for {rel}")
             if Path(rel).is_absolute() or ".." in Path(rel).parts:
-                raise CheckpointError(f"{manifest_path}: file {rel!r} lies outside the checkpoint")
+                raise CheckpointError(f"{MANIFEST_NAME}: file {rel!r} lies outside the checkpoint")
         version = _version_hash(files, reference)
     except (json.JSONDecodeError, AttributeError, KeyError, TypeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{manifest_path}: not a valid manifest ({error!r})") from error
+        raise CheckpointError(f"{MANIFEST_NAME}: not a valid manifest ({error!r})") from error
     if version != recorded:
-        raise CheckpointError(f"{manifest_path}: version hash does not match its file table")
+        raise CheckpointError(f"{MANIFEST_NAME}: version hash does not match its file table")
     if expected_version is not None and version != expected_version:
         raise CheckpointError(
             f"{MANIFEST_NAME}: manifest hash {version} differs from the registered "
@@ -226,24 +236,23 @@ def verify_manifest(
     if reference is not None:
         base_path = base_dir if base_dir is not None else Path(reference["path"])
         if not base_path.is_dir():
-            raise CheckpointError(f"{base_path}: referenced base model directory not found")
-        _verify_files(base_path, reference["files"])
+            raise CheckpointError(f"{MANIFEST_NAME}: referenced base model directory not found")
+        _verify_files(base_path, reference["files"], where="base model ")
     return Manifest(version_hash=version, files=files, base_reference=base_path)
 
 
 def read_verified(directory: Path, manifest: Manifest, rel: str) -> bytes:
     """A listed file's bytes, checked against the manifest once more as they are read: what is
     parsed is what was verified, even if the file was replaced since `verify_manifest`."""
-    path = directory / rel
     entry = manifest.files.get(rel)
     if entry is None:
-        raise CheckpointError(f"{path}: not listed in the manifest")
+        raise CheckpointError(f"{rel}: not listed in the manifest")
     try:
-        data = path.read_bytes()
+        data = (directory / rel).read_bytes()
     except OSError as error:
-        raise CheckpointError(f"{path}: unreadable ({error})") from error
+        raise CheckpointError(f"{rel}: unreadable ({_why(error)})") from error
     if len(data) != entry["size"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
-        raise CheckpointError(f"{path}: changed while the checkpoint was being loaded")
+        raise CheckpointError(f"{rel}: changed while the checkpoint was being loaded")
     return data
 
 
@@ -257,7 +266,7 @@ def load_module_strict(module: nn.Module, path: Path, data: bytes | None = None)
     try:
         state = load_file(str(path)) if data is None else load(data)
     except (SafetensorError, OSError) as error:
-        raise CheckpointError(f"{path}: unreadable safetensors file ({error})") from error
+        raise CheckpointError(f"{path.name}: unreadable safetensors file ({error})") from error
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -268,7 +277,7 @@ def load_module_strict(module: nn.Module, path: Path, data: bytes | None = None)
     )
     if missing or unexpected or mismatched:
         raise CheckpointError(
-            f"{path}: does not match the configured model; missing keys {missing[:5]}, "
+            f"{path.name}: does not match the configured model; missing keys {missing[:5]}, "
             f"unexpected keys {unexpected[:5]}, shape mismatches {mismatched[:5]}"
         )
     module.load_state_dict(state, strict=True)

@@ -47,9 +47,17 @@ PROCESSOR_DIR = "processor"
 BASE_DIR = "base"
 
 
-def _load_base(directory: Path, dtype: torch.dtype | None) -> MllamaForConditionalGeneration:
+def _named(error: BaseException, directory: Path, name: str) -> str:
+    """A library's error text with ``directory`` called ``name``: the text may hold the path."""
+    return str(error).replace(str(directory), name)
+
+
+def _load_base(
+    directory: Path, dtype: torch.dtype | None, name: str
+) -> MllamaForConditionalGeneration:
     """``from_pretrained`` from a local directory, refusing anything but an exact match, and
-    safetensors only: a pickled ``pytorch_model.bin`` is never read."""
+    safetensors only: a pickled ``pytorch_model.bin`` is never read. Errors call the
+    directory ``name``."""
     try:
         base, info = MllamaForConditionalGeneration.from_pretrained(
             directory,
@@ -59,28 +67,36 @@ def _load_base(directory: Path, dtype: torch.dtype | None) -> MllamaForCondition
             output_loading_info=True,
         )
     except (OSError, ValueError, RuntimeError, SafetensorError) as error:
-        raise CheckpointError(f"{directory}: cannot load the base model ({error})") from error
-    problems = {name: keys for name, keys in info.items() if keys}
+        raise CheckpointError(
+            f"{name}: cannot load the base model ({_named(error, directory, name)})"
+        ) from error
+    problems = {kind: keys for kind, keys in info.items() if keys}
     if problems:
-        raise CheckpointError(f"{directory}: base weights do not match config.json: {problems}")
+        raise CheckpointError(f"{name}: base weights do not match config.json: {problems}")
     return base
 
 
-def _load_processor(directory: Path) -> ProcessorMixin:
+def _load_processor(directory: Path, name: str) -> ProcessorMixin:
     try:
         return AutoProcessor.from_pretrained(directory, local_files_only=True)
     except (OSError, ValueError, KeyError) as error:
-        raise CheckpointError(f"{directory}: cannot load the processor ({error})") from error
+        raise CheckpointError(
+            f"{name}: cannot load the processor ({_named(error, directory, name)})"
+        ) from error
 
 
 def read_config(directory: Path, data: bytes | None = None) -> MDFConfig:
     """The configuration of a checkpoint directory (from ``data``, its verified bytes, when
     given; else read unverified)."""
-    path = directory / CONFIG_NAME
     try:
-        return MDFConfig.from_dict(json.loads(path.read_bytes() if data is None else data))
-    except (OSError, ValueError, TypeError) as error:
-        raise CheckpointError(f"{path}: not a valid MDF configuration ({error})") from error
+        raw = (directory / CONFIG_NAME).read_bytes() if data is None else data
+        return MDFConfig.from_dict(json.loads(raw))
+    except OSError as error:
+        raise CheckpointError(
+            f"{CONFIG_NAME}: unreadable ({error.strerror or type(error).__name__})"
+        ) from error
+    except (ValueError, TypeError) as error:
+        raise CheckpointError(f"{CONFIG_NAME}: not a valid MDF configuration ({error})") from error
 
 
 @contextlib.contextmanager
@@ -116,8 +132,8 @@ def from_base(
     Returns the model in eval mode, like ``from_pretrained``.
     """
     base_dir = Path(base_dir)
-    base = _load_base(base_dir, dtype)
-    processor = _load_processor(base_dir)
+    base = _load_base(base_dir, dtype, str(base_dir))
+    processor = _load_processor(base_dir, str(base_dir))
     set_processor_tiles(processor, config.vision_tiles)
     weights = config.unet_encoder_weights
     with seeded(seed):
@@ -129,7 +145,7 @@ def from_base(
             encoder_weights=None if weights is None else Path(weights),
         )
     model.to(device=device, dtype=base.dtype)
-    log.info("model.built", base=str(base_dir), preset=config.preset, dtype=str(base.dtype))
+    log.info("model.built", preset=config.preset, dtype=str(base.dtype))
     return model.eval()
 
 
@@ -165,7 +181,7 @@ def from_pretrained(
     if vision_tiles is not None and config.vision_tiles != vision_tiles:
         if "vision_tiles" in json.loads(data):
             raise CheckpointError(
-                f"{directory / CONFIG_NAME}: trained with vision_tiles {config.vision_tiles}, "
+                f"{CONFIG_NAME}: trained with vision_tiles {config.vision_tiles}, "
                 f"served with {vision_tiles}: its answers would differ from the ones it was "
                 "validated with"
             )
@@ -181,23 +197,23 @@ def from_pretrained(
         if present == config.baseline:
             state = "present" if present else "missing"
             raise CheckpointError(
-                f"{directory / name}: {state}, but the configuration has baseline={config.baseline}"
+                f"{name}: {state}, but the configuration has baseline={config.baseline}"
             )
     included = directory / BASE_DIR
     if included.is_dir():
-        base_path = included
+        base_path, base_name = included, BASE_DIR
     elif manifest.base_reference is not None:
-        base_path = manifest.base_reference
+        base_path, base_name = manifest.base_reference, "the referenced base model"
     else:
-        raise CheckpointError(f"{included}: missing, and the manifest names no base model")
+        raise CheckpointError(f"{BASE_DIR}: missing, and the manifest names no base model")
 
-    processor = _load_processor(directory / PROCESSOR_DIR)
+    processor = _load_processor(directory / PROCESSOR_DIR, PROCESSOR_DIR)
     if processor_tiles(processor) != config.vision_tiles:
         raise CheckpointError(
-            f"{directory / PROCESSOR_DIR}: fits a photograph onto {processor_tiles(processor)} "
+            f"{PROCESSOR_DIR}: fits a photograph onto {processor_tiles(processor)} "
             f"tiles, but {CONFIG_NAME} has vision_tiles {config.vision_tiles}"
         )
-    base = _load_base(base_path, dtype)
+    base = _load_base(base_path, dtype, base_name)
     try:
         model = cls(
             config,
@@ -206,15 +222,13 @@ def from_pretrained(
             base_reference=manifest.base_reference,
         )
     except ValueError as error:
-        raise CheckpointError(
-            f"{directory / CONFIG_NAME}: does not fit {base_path} ({error})"
-        ) from error
+        raise CheckpointError(f"{CONFIG_NAME}: does not fit {base_name} ({error})") from error
     if not config.baseline:
         for module, name in ((model.unet, UNET_WEIGHTS), (_fusion_parts(model), FUSION_WEIGHTS)):
             load_module_strict(module, directory / name, read_verified(directory, manifest, name))
     model.to(device=device, dtype=base.dtype)
     model.version_hash = manifest.version_hash
-    log.info("model.loaded", checkpoint=str(directory), version=manifest.version_hash)
+    log.info("model.loaded", version=manifest.version_hash)
     return model.eval()
 
 
@@ -241,5 +255,5 @@ def save_pretrained(
         version = write_manifest(
             staging, base_reference=None if include_base else model.base_reference
         )
-    log.info("model.saved", checkpoint=str(directory), version=version, base=include_base)
+    log.info("model.saved", version=version, base=include_base)
     return version

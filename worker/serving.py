@@ -7,7 +7,8 @@ training. ``ModelServer.current()`` runs before every chunk: one small query, an
 reload only when the promotion changed, so a chunk is always classified by one
 version. A promoted version is served only when its checkpoint's manifest hash is the
 one registered with it: a checkpoint replaced on disk with a rewritten manifest is
-refused, with the version name and both hashes in the log line. A checkpoint trained with
+refused, with the version name and both hashes in the log line (which names a file by its
+path inside the checkpoint, never the checkpoint's directory). A checkpoint trained with
 another number of vision tiles than the worker's (``MDF_VISION_TILES``) is refused too,
 before any weight is read: its answers would differ from the ones it was validated with.
 One written before checkpoints recorded that number is served with what it was trained with,
@@ -165,8 +166,8 @@ class ModelServer:
             try:
                 classifier = self._load(path, expected)
             except Exception as error:
-                self._broken[version_id] = str(error)
-                log.error("model_load_failed", model_version=name, error=str(error))
+                self._broken[version_id] = _without(error, path)
+                log.error("model_load_failed", model_version=name, error=_without(error, path))
             else:
                 return self._swap(ServedModel(version_id, name, classifier, referral))
         if self._served is None:
@@ -184,9 +185,9 @@ class ModelServer:
         try:
             classifier = self._load(self._model_dir)
         except Exception as error:
-            raise ModelUnavailable(
-                f"no model version is promoted and MDF_MODEL_DIR={self._model_dir} cannot be "
-                f"loaded: {error}"
+            raise ModelUnavailable(  # logged: the message names no directory
+                "no model version is promoted and MDF_MODEL_DIR cannot be loaded: "
+                + _without(error, self._model_dir)
             ) from error
         with self._sessions.begin() as session:
             version = register_version(
@@ -204,6 +205,13 @@ class ModelServer:
         observe_model(served.name)
         log.info("model_serving", model_version=served.name, previous=previous)
         return served
+
+
+def _without(error: Exception, checkpoint: Path) -> str:
+    """Why a checkpoint cannot be served, for a log line: a loader's own errors name files
+    inside the checkpoint, and any other error's mention of its directory becomes "the
+    checkpoint" (a site's directory names may identify someone)."""
+    return str(error).replace(str(checkpoint), "the checkpoint")
 
 
 @functools.cache

@@ -79,26 +79,28 @@ def _flip_byte(path: Path) -> None:
 
 def test_corrupt_file_is_named(damaged: Path) -> None:
     _flip_byte(damaged / "fusion.safetensors")
-    with pytest.raises(CheckpointError, match=r"fusion\.safetensors: content hash"):
+    with pytest.raises(CheckpointError, match=r"^fusion\.safetensors: content hash"):
         load_classifier(damaged)
 
 
 def test_truncated_file_is_named(damaged: Path) -> None:
     path = damaged / "unet.safetensors"
     path.write_bytes(path.read_bytes()[:1000])
-    with pytest.raises(CheckpointError, match=r"unet\.safetensors: 1000 bytes.*truncated"):
+    with pytest.raises(CheckpointError, match=r"^unet\.safetensors: 1000 bytes.*truncated"):
         load_classifier(damaged)
 
 
 def test_missing_file_is_named(damaged: Path) -> None:
     (damaged / "processor" / "tokenizer.json").unlink()
-    with pytest.raises(CheckpointError, match=r"tokenizer\.json: listed in the manifest"):
+    with pytest.raises(
+        CheckpointError, match=r"^processor/tokenizer\.json: listed in the manifest"
+    ):
         load_classifier(damaged)
 
 
 def test_missing_manifest_is_named(damaged: Path) -> None:
     (damaged / "manifest.json").unlink()
-    with pytest.raises(CheckpointError, match=r"manifest\.json: missing"):
+    with pytest.raises(CheckpointError, match=r"^manifest\.json: missing"):
         load_classifier(damaged)
 
 
@@ -106,7 +108,7 @@ def test_edited_manifest_is_named(damaged: Path) -> None:
     manifest = json.loads((damaged / "manifest.json").read_text())
     manifest["files"]["unet.safetensors"]["size"] += 1
     (damaged / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(CheckpointError, match=r"manifest\.json: version hash"):
+    with pytest.raises(CheckpointError, match=r"^manifest\.json: version hash"):
         load_classifier(damaged)
 
 
@@ -147,7 +149,7 @@ def test_a_checkpoint_rewritten_after_registration_is_refused(damaged: Path) -> 
 def test_a_file_replaced_after_verification_is_not_read(damaged: Path) -> None:
     manifest = verify_manifest(damaged)  # what loading verifies first
     _flip_byte(damaged / "unet.safetensors")  # then reads, a moment later
-    with pytest.raises(CheckpointError, match=r"unet\.safetensors: changed while"):
+    with pytest.raises(CheckpointError, match=r"^unet\.safetensors: changed while"):
         read_verified(damaged, manifest, "unet.safetensors")
     assert read_verified(damaged, manifest, "mdf_config.json")  # an unchanged one is read
 
@@ -158,7 +160,7 @@ def test_weights_of_the_wrong_shape_are_named_even_with_a_fresh_manifest(damaged
     state["projection.row_embedding"] = torch.zeros(8, 128)
     save_file(state, str(path))
     write_manifest(damaged)
-    with pytest.raises(CheckpointError, match=r"fusion\.safetensors.*row_embedding \(8, 128\)"):
+    with pytest.raises(CheckpointError, match=r"^fusion\.safetensors.*row_embedding \(8, 128\)"):
         load_classifier(damaged)
 
 
@@ -168,7 +170,7 @@ def test_missing_weights_are_named_even_with_a_fresh_manifest(damaged: Path) -> 
     del state["net.segmentation_head.0.weight"]
     save_file(state, str(path))
     write_manifest(damaged)
-    with pytest.raises(CheckpointError, match=r"unet\.safetensors.*missing keys"):
+    with pytest.raises(CheckpointError, match=r"^unet\.safetensors.*missing keys"):
         load_classifier(damaged)
 
 
@@ -178,7 +180,7 @@ def test_incomplete_base_weights_are_refused(damaged: Path) -> None:
     del state["language_model.lm_head.weight"]
     save_file(state, str(path), metadata={"format": "pt"})
     write_manifest(damaged)
-    with pytest.raises(CheckpointError, match=r"base.*lm_head"):
+    with pytest.raises(CheckpointError, match=r"^base: base weights do not match.*lm_head"):
         load_classifier(damaged)
 
 
@@ -188,7 +190,7 @@ def test_invalid_configuration_is_named(damaged: Path) -> None:
     config["fusion_layers"] = [2]
     path.write_text(json.dumps(config))
     write_manifest(damaged)
-    with pytest.raises(CheckpointError, match=r"mdf_config\.json.*valid fusion layers"):
+    with pytest.raises(CheckpointError, match=r"^mdf_config\.json.*valid fusion layers"):
         load_classifier(damaged)
 
 
@@ -196,7 +198,7 @@ def test_configuration_that_does_not_match_the_files_is_named(damaged: Path) -> 
     path = damaged / "mdf_config.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), "baseline": True}))
     write_manifest(damaged)
-    with pytest.raises(CheckpointError, match=r"unet\.safetensors: present.*baseline=True"):
+    with pytest.raises(CheckpointError, match=r"^unet\.safetensors: present.*baseline=True"):
         load_classifier(damaged)
 
 
@@ -217,9 +219,11 @@ def test_frozen_base_is_referenced_not_copied(
         assert torch.equal(a, b)
 
     moved = Path(shutil.move(base, tmp_path / "moved"))
-    with pytest.raises(CheckpointError, match="referenced base model directory not found"):
+    with pytest.raises(
+        CheckpointError, match=r"^manifest\.json: referenced base model directory not found"
+    ):
         load_classifier(tmp_path / "ckpt")
     assert load_classifier(tmp_path / "ckpt", base_dir=moved).version_hash == version
     _flip_byte(moved / "model.safetensors")
-    with pytest.raises(CheckpointError, match=r"moved/model\.safetensors: content hash"):
+    with pytest.raises(CheckpointError, match=r"^base model model\.safetensors: content hash"):
         load_classifier(tmp_path / "ckpt", base_dir=moved)

@@ -111,7 +111,7 @@ def test_the_checkpoint_records_vision_tiles_and_refuses_another(tiny_checkpoint
     config = json.loads((tiny_checkpoint / "mdf_config.json").read_text())
     assert config["vision_tiles"] == 1
     assert load_classifier(tiny_checkpoint, vision_tiles=1).model.config.vision_tiles == 1
-    with pytest.raises(CheckpointError, match=r"mdf_config\.json: trained with vision_tiles 1, "):
+    with pytest.raises(CheckpointError, match=r"^mdf_config\.json: trained with vision_tiles 1, "):
         load_classifier(tiny_checkpoint, vision_tiles=4)
 
 
@@ -156,7 +156,7 @@ def test_a_processor_that_disagrees_with_the_configuration_is_refused(
     processor["image_processor"]["max_image_tiles"] = 4
     path.write_text(json.dumps(processor))
     write_manifest(damaged)
-    with pytest.raises(CheckpointError, match=r"processor: fits a photograph onto 4 tiles"):
+    with pytest.raises(CheckpointError, match=r"^processor: fits a photograph onto 4 tiles"):
         load_classifier(damaged)
 
 

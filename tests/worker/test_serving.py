@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+import structlog
 from fake_classifier import FakeLoader
 from image_rows import promote
 from sqlalchemy.orm import Session, sessionmaker
@@ -29,8 +30,12 @@ def test_neither_promoted_nor_model_dir_is_a_clear_error(
 def test_an_unloadable_model_dir_is_a_clear_error(
     sessions: sessionmaker[Session], fake_loader: FakeLoader, tmp_path: Path
 ) -> None:
-    with pytest.raises(ModelUnavailable, match=r"MDF_MODEL_DIR=.*broken.*cannot be loaded"):
+    """The reason, without the directory a log line must not show."""
+    with pytest.raises(
+        ModelUnavailable, match=r"MDF_MODEL_DIR cannot be loaded: .*manifest"
+    ) as refused:
         _server(sessions, fake_loader, tmp_path / "broken").current()
+    assert str(tmp_path) not in str(refused.value)
 
 
 def test_model_dir_is_registered_once_and_served_until_something_is_promoted(
@@ -73,14 +78,19 @@ def test_a_broken_promotion_keeps_the_served_version_and_is_tried_once(
     v1 = promote(sessions, "v1", tmp_path / "v1")
     assert server.current().version_id == v1
     promote(sessions, "v2", tmp_path / "broken-v2")
-    assert server.current().version_id == v1
-    assert server.current().version_id == v1
+    with structlog.testing.capture_logs() as logs:
+        assert server.current().version_id == v1
+        assert server.current().version_id == v1
     assert fake_loader.loads == [tmp_path / "v1", tmp_path / "broken-v2"]
+    (failed,) = [line for line in logs if line["event"] == "model_load_failed"]
+    assert failed["model_version"] == "v2"
+    assert failed["error"] == "the checkpoint: manifest.json does not match the weights"
 
 
 def test_a_broken_promotion_with_nothing_served_is_a_clear_error(
     sessions: sessionmaker[Session], fake_loader: FakeLoader, tmp_path: Path
 ) -> None:
     promote(sessions, "v3", tmp_path / "broken-v3")
-    with pytest.raises(ModelUnavailable, match="v3 cannot be loaded"):
+    with pytest.raises(ModelUnavailable, match="v3 cannot be loaded") as refused:
         _server(sessions, fake_loader, tmp_path / "base").current()
+    assert str(tmp_path) not in str(refused.value)
