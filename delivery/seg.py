@@ -1,7 +1,9 @@
 """A source instance's vessel segmentation: a binary SEG on the photograph's own pixel grid.
 
-The worker keeps each mask channel as a PNG of probabilities (0 to 255) at the source
-image's width and height (``worker/masks.py``, ``<image id>.<channel>.png``). The SEG
+The worker keeps each mask channel as a PNG of probabilities (0 to 255) at the model's
+resolution with the photograph's size and place in it (``worker/masks.py``,
+``<image id>.<channel>.png``), which ``mdf.imaging.masks.read_mask`` upsamples to the
+photograph's width and height (a mask of an earlier release is at that size already). The SEG
 carries the ``vessels`` channel, thresholded at one half, as one binary segment (blood
 vessel of the retina, found by the model), one frame per source frame: a viewer lays it
 over the photograph without resampling. A source frame without a mask gets an empty
@@ -28,12 +30,12 @@ from highdicom.seg import (
     SegmentationTypeValues,
     SegmentDescription,
 )
-from PIL import Image as PILImage
 from pydicom.dataset import Dataset
 
 from delivery import concepts
 from delivery.results import ImageResult, StudyResults
 from delivery.uids import ResultUids
+from mdf.imaging.masks import read_mask
 
 __all__ = ["SEG_SERIES_NUMBER", "VESSELS", "MaskUnusable", "build_seg", "vessel_mask_path"]
 
@@ -58,11 +60,12 @@ def _vessels(image: ImageResult, rows: int, columns: int) -> np.ndarray:
     if path is None:
         return np.zeros((rows, columns), dtype=bool)
     try:
-        with PILImage.open(path) as png:
-            plane = np.asarray(png.convert("L"))
+        plane = read_mask(path)
     except OSError as error:
         why = error.strerror or type(error).__name__
         raise MaskUnusable(f"vessel mask unreadable: {why}") from None
+    except ValueError as error:  # its geometry: the message names no path
+        raise MaskUnusable(f"vessel mask unusable: {error}") from None
     if plane.shape != (rows, columns):
         raise MaskUnusable(
             f"vessel mask is {plane.shape[1]}x{plane.shape[0]}, its source {columns}x{rows}"

@@ -1,18 +1,15 @@
 """Segmentation masks a grader can lay over the photograph: one PNG per channel, at the
-source image's own width and height.
+model's resolution, with the photograph's size and place in it (``mdf.imaging.masks``).
 
 The model segments a letterboxed square (the picture centred on black, resized to the
 U-Net's side, ``mdf_model.inputs``); its mask holds each channel's sigmoid probability as
-0..255. Only the square's picture region is kept, and it is upsampled bilinearly as
-probabilities, not as a thresholded mask, so a grader sees how sure the model was at every
-source pixel. Pillow resamples that sub-pixel region in one call (``resize(box=...)``),
-and PNG is written with zlib's run-length strategy: smooth probability maps come out about
-an eighth larger than with zlib's defaults, for half the CPU time
-(``bench/masks.py`` prints both, per 3504x2336 photograph). A chunk's channels are
-written by a pool of threads, since Pillow resizes and encodes without holding the GIL.
-What is left is PNG's own cost: per 3504x2336 channel about 16 ms of CPU to resize and 78
-to encode, of which 46 remain without any compression (``compress_level=0``, 8 MB files):
-Pillow's choice of a filter for every row, which no save option skips.
+0..255. A channel's file is the square's picture region, not the photograph's own size:
+the upsampled map held no more than the model's pixels, and writing it was half of what a
+worker spent on a photograph outside the model (about 150 ms of CPU per 3504x2336
+photograph, two channels, against 5 now; ``bench/masks.py``). ``read_mask`` upsamples it
+bilinearly as probabilities, not as a thresholded mask, to the source's pixels (what
+delivery's SEG and the analysts' overlays use), within one level of 255 of what writing at
+the source size gave. A chunk's channels are written by a pool of threads.
 
 Files are ``<image id>.<channel>.png`` in one folder per model version, each written
 through a temporary file and a rename, so a reader never sees half a PNG and a re-delivered
@@ -31,31 +28,17 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from PIL import Image as PILImage
 
-__all__ = ["ImageMask", "mask_directory", "save_masks", "to_source"]
+from mdf.imaging.masks import mask_file, to_source
+
+__all__ = ["ImageMask", "mask_directory", "save_masks", "to_source"]  # to_source: its old home
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
-_Z_RLE = 3  # zlib's run-length strategy (Pillow's ``compress_type``)
 
 
 def mask_directory(masks_dir: Path, version_name: str) -> Path:
     """One folder per model version: a version name never escapes the masks folder."""
     return masks_dir.resolve() / _UNSAFE.sub("_", version_name)
-
-
-def to_source(plane: np.ndarray, size: tuple[int, int]) -> PILImage.Image:
-    """One channel of a letterboxed (N, N) mask, as the source's ``size`` (width, height)."""
-    if plane.ndim != 2 or plane.shape[0] != plane.shape[1]:
-        raise ValueError(f"a mask channel must be square (N, N), got {plane.shape}")
-    width, height = size
-    side = max(width, height)
-    scale = plane.shape[0] / side
-    # where mdf_model.inputs pasted the picture on the square, in mask pixels
-    left, top = (side - width) // 2 * scale, (side - height) // 2 * scale
-    box = (left, top, left + width * scale, top + height * scale)
-    square = PILImage.fromarray(np.ascontiguousarray(plane, dtype=np.uint8))
-    return square.resize((width, height), PILImage.Resampling.BILINEAR, box=box)
 
 
 class ImageMask(NamedTuple):
@@ -67,8 +50,8 @@ class ImageMask(NamedTuple):
 def save_masks(
     masks: Sequence[ImageMask], channels: Sequence[str], directory: Path
 ) -> dict[int, str]:
-    """Write every channel of every image's mask at its source size, in parallel threads;
-    per image id, its files' paths joined by ";" (none for an empty mask)."""
+    """Write every channel of every image's mask, in parallel threads; per image id, its
+    files' paths joined by ";" (none for an empty mask)."""
     kept = [item for item in masks if item.mask.size]
     for item in kept:
         if item.mask.ndim != 3 or item.mask.shape[0] != len(channels):
@@ -96,11 +79,11 @@ def save_masks(
 
 
 def _write(plane: np.ndarray, size: tuple[int, int], target: Path) -> None:
-    picture = to_source(plane, size)
+    picture, info = mask_file(plane, size)
     handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:
         with os.fdopen(handle, "wb") as stream:
-            picture.save(stream, "PNG", compress_level=1, compress_type=_Z_RLE)
+            picture.save(stream, "PNG", pnginfo=info)
         os.replace(temporary, target)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

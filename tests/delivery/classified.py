@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import sqlalchemy as sa
-from PIL import Image as PILImage
 
 from db.model_versions import register_version
 from db.models import Image, ImageStatus, Prediction, utcnow
@@ -15,6 +14,7 @@ from db.session import session_factory
 from mdf.settings import Settings
 from scheduler.intake import ingest
 from tests.dicom_peers import write_instances
+from worker.masks import ImageMask, save_masks
 
 PATIENT_ID = "PAT-0042-SECRET"
 PATIENT_NAME = "Doe^Jane"
@@ -22,11 +22,12 @@ MODEL = "tiny-test-v1"
 MODEL_SHA = "5" * 64
 
 
-def vessels(height: int, width: int) -> np.ndarray:
-    """A probability map (0..255) with a cross of "vessels" and a faint background."""
-    plane = np.full((height, width), 40, dtype=np.uint8)
-    plane[height // 2 - 2 : height // 2 + 2, :] = 230
-    plane[:, width // 3 : width // 3 + 3] = 200
+def vessels(side: int) -> np.ndarray:
+    """A letterboxed probability map (0..255), as the model gives it: a cross of "vessels"
+    and a faint background."""
+    plane = np.full((side, side), 40, dtype=np.uint8)
+    plane[side // 2 - 2 : side // 2 + 2, :] = 230
+    plane[:, side // 3 : side // 3 + 3] = 200
     return plane
 
 
@@ -54,7 +55,7 @@ def answer(index: int, image_id: int, mask: Path | None) -> dict[str, object]:
 
 def classify_registered(settings: Settings, study_uid: str | None = None) -> list[int]:
     """Answer every registered DICOM image (of ``study_uid``) as a worker would: a prediction
-    of one model version each, a vessel mask at the image's size; their image ids."""
+    of one model version each, a vessel mask as a worker writes it; their image ids."""
     sessions = session_factory(settings.resolved_database_url)
     masks = settings.masks_dir / MODEL
     masks.mkdir(parents=True, exist_ok=True)
@@ -72,8 +73,12 @@ def classify_registered(settings: Settings, study_uid: str | None = None) -> lis
             query = query.where(Image.study_uid == study_uid)
         images = session.scalars(query.order_by(Image.study_uid, Image.id)).all()
         for index, image in enumerate(images):
-            mask = masks / f"{image.id}.vessels.png"
-            PILImage.fromarray(vessels(image.height, image.width)).save(mask)
+            written = save_masks(
+                [ImageMask(image.id, vessels(64)[None], (image.width, image.height))],
+                ["vessels"],
+                masks,
+            )
+            mask = Path(written[image.id])
             session.add(Prediction(model_version_id=version.id, **answer(index, image.id, mask)))
             image.status = ImageStatus.DONE
             image.finished_at = utcnow()

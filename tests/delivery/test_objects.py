@@ -20,6 +20,7 @@ from delivery.destinations import destination
 from delivery.objects import SEG, SR, build, plan
 from delivery.results import StudyResults, study_decision, study_results
 from mdf.imaging.dicom_writer import write_dicom_op
+from mdf.imaging.masks import read_mask
 from mdf.settings import Settings
 from scheduler.intake import ingest
 from tests.delivery.classified import (
@@ -230,7 +231,8 @@ def test_the_seg_is_the_vessel_mask_on_the_source_grid(settings: Settings, tmp_p
     image_ids = classified_study(settings, tmp_path / "camera", side=80)
     seg = built(settings)["seg-1"]
     mask_file = settings.masks_dir / MODEL / f"{image_ids[0]}.vessels.png"
-    expected = np.asarray(PILImage.open(mask_file)) >= 128
+    expected = read_mask(mask_file) >= 128  # the model's 64 px, upsampled to the source's
+    assert PILImage.open(mask_file).size == (64, 64)
     assert (seg.Rows, seg.Columns) == (80, 80)
     assert seg.SegmentationType == "BINARY"
     assert seg.SegmentSequence[0].SegmentLabel == "vessels"
@@ -240,6 +242,19 @@ def test_the_seg_is_the_vessel_mask_on_the_source_grid(settings: Settings, tmp_p
     source = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0]
     with session_factory(settings.resolved_database_url)() as session:
         assert source.ReferencedSOPInstanceUID == session.get(Image, image_ids[0]).sop_uid
+
+
+@sqlite_only
+def test_a_mask_an_earlier_release_wrote_at_the_source_size_is_used_as_it_is(
+    settings: Settings, tmp_path: Path
+) -> None:
+    image_ids = classified_study(settings, tmp_path / "camera", side=80)
+    mask_file = settings.masks_dir / MODEL / f"{image_ids[0]}.vessels.png"
+    at_source = read_mask(mask_file).copy()
+    at_source[:10] = 255  # not what the stored one upsamples to
+    PILImage.fromarray(at_source).save(mask_file)
+    seg = built(settings)["seg-1"]
+    assert np.array_equal(seg.pixel_array.astype(bool), at_source >= 128)
 
 
 @sqlite_only

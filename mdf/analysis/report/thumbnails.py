@@ -2,8 +2,8 @@
 ``data:`` URIs.
 
 Sources are decoded by ``mdf.imaging.files.load_frame``, like the workers do, so DICOM and
-raster files look the same. A mask is one PNG per channel at the source's resolution, its
-grey level the model's probability (``worker.masks``); each channel is laid over the
+raster files look the same. A mask is one PNG per channel, its grey level the model's
+probability, read at the overlay's size (``mdf.imaging.masks``); each channel is laid over the
 photograph in its own colour, as opaque as the model is sure, so a grader sees the
 photograph through where the model saw nothing. A file that has moved or no longer
 decodes gives None and the page shows a placeholder instead: a report never fails for
@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from mdf.imaging import Rejection, load_frame
+from mdf.imaging.masks import read_mask
 
 SIZE = 160  # a thumbnail's longer side
 OVERLAY_SIZE = 320  # an overlay's: large enough to follow a vessel
@@ -64,11 +65,8 @@ def _overlay(photograph: Image.Image, mask_paths: Sequence[str]) -> str | None:
     blended = np.asarray(picture, dtype=np.float32)
     for index, mask_path in enumerate(mask_paths):
         try:
-            with Image.open(mask_path) as mask:
-                plane = mask.convert("L").resize(
-                    picture.size, Image.Resampling.BILINEAR, reducing_gap=2.0
-                )
-        except OSError:  # missing, or not an image Pillow can read
+            plane = read_mask(mask_path, size=picture.size)
+        except (OSError, ValueError):  # missing, not an image Pillow can read, or not a mask
             return None
         alpha = np.asarray(plane, dtype=np.float32)[..., None] / 255 * OPACITY
         tint = np.array(TINTS[index % len(TINTS)], dtype=np.float32)
