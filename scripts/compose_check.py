@@ -14,14 +14,25 @@ FAILED: why`` (exit status 1) after the services' last log lines.
 4. A synthetic night (``mdf synth`` with the files a site sends by mistake) moved into
    the inbox; the scheduler's scan (every minute here) takes it in, the worker
    classifies it.
-5. Two workers; a second, larger night; one worker killed (``docker kill``) mid-batch:
+5. DICOM (the ``listen`` and ``deliver`` profiles): a night of DICOM photographs sent by
+   dcmtk's ``storescu`` from the host, as a camera would, to the listener's published
+   port, after a calling AE title it must refuse; each instance ends classified like the
+   inbox's files, and the deliverer sends each study's SR and SEG to a stand-in PACS (a
+   pynetdicom Storage SCP in the application image) that holds exactly those the
+   deliveries table says were sent. The listener's metrics count what it did.
+6. With ``--upgrade-from REVISION`` the stack starts on that release's images (built from
+   a git worktree) and, in the middle of a further night, moves to the new ones as README
+   says: the application stopped, the new tag (and the DICOM services, new in this
+   release) in ``.env``, ``up`` (the one-shot migration first, every service recreated),
+   the night finished by the new workers, no image lost; the DICOM step follows.
+7. Two workers; a second, larger night; one worker killed (``docker kill``) mid-batch:
    the scheduler re-sends its lapsed claim and the survivor finishes the night.
-6. Checks: every image ended exactly once (done with one prediction, or rejected with
+8. Checks: every image ended exactly once (done with one prediction, or rejected with
    the reason its file deserves), health checks healthy, Flower answers and sees the
    workers, the metrics scraped once agree with the database, no secret in the compose
    configuration, a container's settings or an image's history, the services run as
    their own users and the inbox is read-only.
-7. ``down --volumes``: nothing is left (``--keep`` leaves the stack up to look at).
+9. ``down --volumes``: nothing is left (``--keep`` leaves the stack up to look at).
 """
 
 from __future__ import annotations
@@ -37,6 +48,7 @@ import time
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TypeVar
 
 import images  # scripts/images.py: python puts this script's folder first on sys.path
@@ -46,11 +58,29 @@ from mdf.synthetic.bad_files import BAD_FILES
 
 REPO = images.REPO
 TAG = "check"  # images built here; --tag names others (a loaded bundle's: latest)
+PREVIOUS = "previous"  # the images of --upgrade-from
 PROJECT = "mdf-check"
 CHECK_DIR = images.BUILD_DIR / "compose-check"
 SECRETS = ("postgres_password", "redis_password", "pseudonym_key")
 METRICS_PORT = 9464
 SERVICE_IMAGES = ("mdf-screening", "mdf-postgres", "mdf-redis", "mdf-flower")
+CAMERA, INTRUDER = "CAMERA", "INTRUDER"  # an allowed calling AE title, and one refused
+#: The stand-in PACS results are delivered to: it keeps each object under its SOP Instance UID.
+PACS_SCP = """
+import os
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import Comprehensive3DSRStorage, SegmentationStorage
+from pydicom.uid import ExplicitVRLittleEndian
+os.makedirs("/tmp/received", exist_ok=True)
+def store(event):
+    with open(f"/tmp/received/{event.request.AffectedSOPInstanceUID}", "wb") as out:
+        out.write(event.encoded_dataset())
+    return 0
+ae = AE(ae_title="PACS")
+for sop_class in (Comprehensive3DSRStorage, SegmentationStorage):
+    ae.add_supported_context(sop_class, ExplicitVRLittleEndian)
+ae.start_server(("0.0.0.0", 11112), evt_handlers=[(evt.EVT_C_STORE, store)])
+"""
 SCRAPE = (
     "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen("
     f"'http://127.0.0.1:{METRICS_PORT}/metrics', timeout=10).read().decode())"
@@ -65,6 +95,7 @@ class CheckFailed(Exception):
 def compose(*args: str, capture: bool = True, check: bool = True) -> str:
     command = ["docker", "compose", "--project-directory", str(CHECK_DIR), "-p", PROJECT]
     command += ["-f", str(REPO / "docker-compose.yml"), "-f", str(REPO / "docker-compose.cpu.yml")]
+    command += ["-f", str(CHECK_DIR / "pacs.yml")]
     result = subprocess.run(command + list(args), capture_output=capture, text=True)
     if check and result.returncode:
         raise CheckFailed(f"docker compose {' '.join(args)}: {result.stderr.strip()[-2000:]}")
@@ -124,8 +155,16 @@ def free_port() -> int:
 
 def all_healthy(expected_workers: int) -> bool:
     """Every running container with a health check is healthy, migrate exited 0, and
-    ``expected_workers`` workers run."""
+    ``expected_workers`` workers run; a container that restarted fails the check with its
+    last log lines (Docker restarts a crashing service forever)."""
     found = containers()
+    for name in found:
+        restarts = int(docker("inspect", "--format", "{{.RestartCount}}", name))
+        if restarts:
+            last = subprocess.run(["docker", "logs", "--tail", "3", name], capture_output=True,
+                                  text=True)  # fmt: skip
+            raise CheckFailed(f"{name} restarted {restarts} times; it last said:\n"
+                              f"{(last.stdout + last.stderr).strip()[-1500:]}")  # fmt: skip
     workers = [c for c in found.values() if c["Service"] == "worker" and c["State"] == "running"]
     if len(workers) != expected_workers:
         return False
@@ -140,6 +179,75 @@ def all_healthy(expected_workers: int) -> bool:
     return True
 
 
+def build_previous(revision: str, tag: str) -> dict[str, str]:
+    """The application image of ``revision`` (CPU flavour), tagged ``previous``: built from a
+    git worktree with this checkout's Dockerfiles, as a release older than them could only
+    be built from a registry. The services' images are this build's, tagged ``previous``."""
+    worktree = images.BUILD_DIR / f"previous-{revision}"
+    shutil.rmtree(worktree, ignore_errors=True)
+    subprocess.run(["git", "-C", str(REPO), "worktree", "prune"], check=True)
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--quiet", "--detach",
+                    str(worktree), revision], check=True)  # fmt: skip
+    try:
+        timings, _ = images.build(worktree, PREVIOUS, flavours=("cpu",), services=False)
+    finally:
+        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(worktree)],
+                       check=True)  # fmt: skip
+    for name in SERVICE_IMAGES[1:]:
+        docker("tag", f"{name}:{tag}", f"{name}:{PREVIOUS}")
+    return {f"previous_{name}": value for name, value in timings.items()}
+
+
+def update_env(values: dict[str, object]) -> None:
+    """Set ``values`` in the project's .env, replacing a line of the same name."""
+    env = CHECK_DIR / ".env"
+    kept = [line for line in env.read_text().splitlines() if line.partition("=")[0] not in values]
+    env.write_text("".join(f"{line}\n" for line in kept + [f"{k}={v}" for k, v in values.items()]))
+
+
+def dicom_settings(port: int) -> dict[str, object]:
+    """The listener on ``port`` of the host, and results delivered to the stand-in PACS."""
+    return {
+        "COMPOSE_PROFILES": "listen,deliver,check",
+        "DICOM_PORT": port,
+        "MDF_DICOM_AE_TITLE": "MDF",
+        "MDF_DICOM_ALLOWED_AES": CAMERA,
+        "MDF_DICOM_STUDY_QUIET_S": 5,
+        "MDF_RESULTS_DESTINATIONS": "dicom:PACS@pacs:11112",
+        "MDF_RESULTS_BACKOFF_S": 5,
+    }
+
+
+def upgrade(
+    tag: str, night: str, images_count: int, settings: dict[str, object]
+) -> dict[str, object]:
+    """The documented upgrade in the middle of a night: the application stopped, the new
+    images and ``settings`` in .env, ``up`` (migrate first, then every service recreated),
+    no image lost."""
+    deliver(night, images_count, seed=3)
+    before = counts()["done"]
+    wait_for("the night under way", lambda: counts()["done"] >= before + 8, timeout_s=600)
+    ((schema_before,),) = sql("SELECT version_num FROM alembic_version")
+    waiting = sum(n for status, n in counts().items() if status in ("queued", "processing"))
+    started = time.monotonic()
+    # The application stops first, while PostgreSQL and Redis still answer: a worker's
+    # warm shutdown finishes its chunk and hands its prefetched one back to the queue.
+    # (`up` alone would recreate them under a worker still writing, and wait on it.)
+    compose("stop", "scheduler", "worker", "trainer")
+    update_env({"IMAGE_TAG": tag, **settings})
+    compose("up", "--detach")
+    wait_for("the upgraded services healthy", lambda: all_healthy(1), timeout_s=420, interval_s=5)
+    healthy = time.monotonic() - started
+    wait_for("the upgrade night to end", settled, timeout_s=900)
+    ((schema_after,),) = sql("SELECT version_num FROM alembic_version")
+    return {
+        "upgrade_images_waiting": waiting,
+        "upgrade_schema": f"{schema_before}->{schema_after}",
+        "upgrade_healthy_s": f"{healthy:.1f}",
+        "upgrade_night_s": f"{time.monotonic() - started:.1f}",
+    }
+
+
 def stack_images(tag: str) -> list[str]:
     """The images of the stack under ``tag``, and the base images they were built on."""
     return [f"{name}:{tag}" for name in SERVICE_IMAGES] + [
@@ -149,9 +257,10 @@ def stack_images(tag: str) -> list[str]:
     ]
 
 
-def write_project(tag: str, flower_port: int) -> dict[str, str]:
-    """The project folder: .env, random secrets (readable in the containers, in a folder
-    only root enters), an empty inbox. Returns the secrets."""
+def write_project(tag: str, flower_port: int, extra: dict[str, object]) -> dict[str, str]:
+    """The project folder: .env (with ``extra``), the stand-in PACS's compose file, random
+    secrets (readable in the containers, in a folder only root enters), an empty inbox.
+    Returns the secrets."""
     shutil.rmtree(CHECK_DIR, ignore_errors=True)
     (CHECK_DIR / "inbox").mkdir(parents=True)
     (CHECK_DIR / "staging").mkdir()
@@ -174,34 +283,49 @@ def write_project(tag: str, flower_port: int) -> dict[str, str]:
         "MDF_CHUNK_SIZE": 8,
         "MDF_SCAN_CRON": "* * * * *",  # nightly in production: every minute here
         "MDF_CLAIM_LEASE_S": 30,  # a killed worker's claim lapses quickly
+        **extra,
     }
     (CHECK_DIR / ".env").write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
+    pacs = {
+        "image": "mdf-screening:${IMAGE_TAG}-cpu",
+        "pull_policy": "never",
+        "profiles": ["check"],
+        "entrypoint": ["python3", "-c", PACS_SCP],
+        "healthcheck": {"disable": True},  # not the image's: no worker answers a ping here
+        "stop_signal": "SIGKILL",  # it keeps nothing that needs a clean stop
+    }
+    (CHECK_DIR / "pacs.yml").write_text(json.dumps({"services": {"pacs": pacs}}))  # YAML too
     return values
 
 
-def deliver(name: str, images_count: int, seed: int) -> None:
-    """A synthetic night written beside the inbox, then moved in at once, as a site's
-    upload finishes."""
-    staged = CHECK_DIR / "staging" / name
+def synthesise(folder: Path, images_count: int, seed: int, *options: str) -> None:
+    """``mdf synth`` into ``folder``, 256 px photographs."""
     subprocess.run(
         [
             sys.executable,
             "-m",
             "mdf.cli",
             "synth",
-            str(staged),
+            str(folder),
             "-n",
             str(images_count),
             "--seed",
             str(seed),
             "--size",
             "256",
-            "--bad-files",
+            *options,
         ],
         cwd=CHECK_DIR / "staging",
         check=True,
         capture_output=True,
     )
+
+
+def deliver(name: str, images_count: int, seed: int) -> None:
+    """A synthetic night written beside the inbox, then moved in at once, as a site's
+    upload finishes."""
+    staged = CHECK_DIR / "staging" / name
+    synthesise(staged, images_count, seed, "--bad-files")
     staged.rename(CHECK_DIR / "inbox" / name)
 
 
@@ -224,13 +348,110 @@ def delivered() -> dict[str, str]:
     return expected
 
 
-def outcomes() -> dict[str, str]:
-    """Each registered path -> its image's status and reason code."""
+def outcomes(under: str = "/inbox/") -> dict[str, str]:
+    """Each registered path ``under`` a folder -> its image's status and reason code."""
     rows = sql(
         "SELECT p.path, i.status || ' ' || coalesce(i.reason_code, '') "
-        "FROM image_paths AS p JOIN images AS i ON i.id = p.image_id"
+        f"FROM image_paths AS p JOIN images AS i ON i.id = p.image_id WHERE p.path LIKE '{under}%'"
     )
     return dict(rows)
+
+
+def service_container(service: str) -> str:
+    return next(n for n, c in containers().items() if c["Service"] == service)
+
+
+def storescu(port: int, calling: str, files: Sequence[Path]) -> tuple[int, str]:
+    """dcmtk's storescu from the host to the listener's published port: its exit status and
+    how many instances it saw acknowledged (it proposes JPEG baseline and uncompressed)."""
+    command = ["storescu", "-v", "-R", "-xy", "-aet", calling, "-aec", "MDF", "127.0.0.1"]
+    sent = subprocess.run([*command, str(port), *map(str, files)], capture_output=True, text=True)
+    output = sent.stdout + sent.stderr
+    if calling == INTRUDER and "Calling AE Title Not Recognized" not in output:
+        raise CheckFailed(f"the listener did not refuse {INTRUDER}: {output[-1500:]}")
+    return sent.returncode, output.count("Received Store Response (Success)")
+
+
+def delivery_rows() -> dict[str, str]:
+    """Every result object of every destination: its SOP Instance UID -> status."""
+    return dict(sql("SELECT sop_instance_uid, status FROM deliveries"))
+
+
+def dicom_night(port: int, images_count: int) -> dict[str, object]:
+    """A night of DICOM photographs sent to the listener as a camera sends them, after an
+    association it must refuse: each ends as an inbox file would, the listener's metrics
+    count it, and the deliverer sends every finished study's results."""
+    camera = CHECK_DIR / "staging" / "camera"
+    synthesise(camera, images_count, 5, "--dicom-fraction", "1")
+    files = sorted(path for path in camera.rglob("*") if path.suffix != ".csv" and path.is_file())
+    storescu(port, INTRUDER, files[:1])
+    started = time.monotonic()
+    status, acknowledged = storescu(port, CAMERA, files)
+    if status or acknowledged != len(files):
+        raise CheckFailed(f"storescu exited {status}, {acknowledged} of {len(files)} stored")
+
+    def ended() -> dict[str, str] | None:
+        seen = outcomes("/data/dicom/")
+        finished = all(
+            outcome.split()[0] in ("done", "rejected", "failed") for outcome in seen.values()
+        )
+        return seen if len(seen) == len(files) and finished else None
+
+    seen = wait_for("the DICOM night to end", ended, timeout_s=600)
+    classified = time.monotonic() - started
+    if not_done := {path: outcome for path, outcome in seen.items() if outcome != "done "}:
+        raise CheckFailed(f"received instances that did not end done: {not_done}")
+    samples = scrape(service_container("listener"))
+    counted = {
+        (name, dict(labels)["outcome"]): value
+        for (name, labels), value in samples.items()
+        if name in ("mdf_dicom_instances_total", "mdf_dicom_associations_total")
+    }
+    expected = {
+        ("mdf_dicom_instances_total", "stored"): len(files),
+        ("mdf_dicom_associations_total", "refused"): 1,
+    }
+    if any(counted.get(key) != value for key, value in expected.items()):
+        raise CheckFailed(f"the listener's metrics {counted} differ from {expected}")
+    wait_for("every result delivered", all_delivered, timeout_s=600, interval_s=5)
+    return {
+        "dicom_instances_sent": len(files),
+        "dicom_classified_s": f"{classified:.1f}",
+        "dicom_delivered_s": f"{time.monotonic() - started:.1f}",
+        "dicom_results_sent": int(
+            sql(
+                "SELECT count(*) FROM deliveries WHERE status = 'sent' AND study_id IN (SELECT "
+                "i.study_id FROM images AS i JOIN image_paths AS p ON p.image_id = i.id "
+                "WHERE p.path LIKE '/data/dicom/%')"
+            )[0][0]
+        ),
+    }
+
+
+def all_delivered() -> bool:
+    """Every finished DICOM study has its deliveries and each was sent."""
+    undelivered = sql(
+        "SELECT DISTINCT i.study_id FROM images AS i WHERE i.status = 'done' "
+        "AND i.study_id IS NOT NULL AND i.file_kind = 'dicom' AND i.study_id NOT IN "
+        "(SELECT study_id FROM deliveries WHERE kind = 'sr')"
+    )
+    failed = {uid: status for uid, status in delivery_rows().items() if status == "failed"}
+    if failed:
+        reasons = sql("SELECT DISTINCT reason FROM deliveries WHERE status = 'failed'")
+        raise CheckFailed(f"{len(failed)} deliveries failed: {reasons}")
+    return not undelivered and set(delivery_rows().values()) == {"sent"}
+
+
+def check_pacs_holds_what_was_sent() -> None:
+    """The stand-in PACS holds exactly the objects the deliveries table says were sent."""
+    held = set(docker("exec", service_container("pacs"), "ls", "/tmp/received").split())
+    sent = {uid for uid, status in delivery_rows().items() if status == "sent"}
+    if held != sent:
+        missing, extra = sorted(sent - held)[:3], sorted(held - sent)[:3]
+        raise CheckFailed(
+            f"the PACS holds {len(held)} objects, {len(sent)} were sent; not held: {missing}, "
+            f"held but not sent: {extra}"
+        )
 
 
 def settled() -> bool:
@@ -282,8 +503,7 @@ def check_outcomes() -> None:
 
 def check_metrics(workers: Sequence[str]) -> dict[str, float]:
     """One scrape of the scheduler and every worker, compared with the database."""
-    scheduler = next(n for n, c in containers().items() if c["Service"] == "scheduler")
-    samples = scrape(scheduler)
+    samples = scrape(service_container("scheduler"))
     served = {
         (dict(labels)["status"], dict(labels)["reason_code"]): value
         for (name, labels), value in samples.items()
@@ -347,10 +567,10 @@ def check_no_secret_shows(tag: str, values: dict[str, str]) -> None:
             raise CheckFailed(f"the secret {name} shows outside /run/secrets")
 
 
-def check_users_and_inbox(scheduler: str, worker: str) -> None:
-    for container, user in ((scheduler, "mdf"), (worker, "mdf")):
-        if docker("exec", container, "id", "-un").strip() != user:
-            raise CheckFailed(f"{container} does not run as {user}")
+def check_users_and_inbox(scheduler: str, others: Sequence[str]) -> None:
+    for container in (scheduler, *others):
+        if docker("exec", container, "id", "-un").strip() != "mdf":
+            raise CheckFailed(f"{container} does not run as mdf")
     probe = subprocess.run(
         ["docker", "exec", scheduler, "touch", "/inbox/written"], capture_output=True
     )
@@ -366,8 +586,14 @@ def image_sizes(tag: str) -> dict[str, str]:
     return sizes
 
 
-def run_check(tag: str, build: bool, night_images: tuple[int, int]) -> dict[str, object]:
-    timings: dict[str, object] = {}
+def run_check(
+    timings: dict[str, object],
+    tag: str,
+    build: bool,
+    night_images: tuple[int, int],
+    upgrade_from: str | None,
+) -> None:
+    """Every step, its timings and sizes added to ``timings`` as it goes."""
     started = time.monotonic()
 
     def lap(name: str, since: float) -> float:
@@ -377,9 +603,15 @@ def run_check(tag: str, build: bool, night_images: tuple[int, int]) -> dict[str,
     if build:
         timings.update(images.build(REPO, tag)[0])
     timings.update(image_sizes(tag))
+    if upgrade_from:
+        timings.update(build_previous(upgrade_from, tag))
     step = lap("images_s", started)
-    flower_port = free_port()
-    values = write_project(tag, flower_port)
+    flower_port, dicom_port = free_port(), free_port()
+    dicom = dicom_settings(dicom_port)
+    # The previous release had no DICOM services: they come with the upgrade.
+    values = write_project(
+        PREVIOUS if upgrade_from else tag, flower_port, {} if upgrade_from else dicom
+    )
     compose(
         "run",
         "--rm",
@@ -402,6 +634,11 @@ def run_check(tag: str, build: bool, night_images: tuple[int, int]) -> dict[str,
     timings["night1_images"] = night_images[0]
     step = lap("night1_s", step)
     timings.update(processing("night-1"))
+    if upgrade_from:
+        timings.update(upgrade(tag, "night-upgrade", night_images[1], dicom))
+        step = time.monotonic()
+    timings.update(dicom_night(dicom_port, night_images[0]))
+    step = lap("dicom_s", step)
 
     compose("up", "--detach", "--scale", "worker=2", "--no-recreate")
     wait_for("two healthy workers", lambda: all_healthy(2), timeout_s=420, interval_s=5)
@@ -427,12 +664,16 @@ def run_check(tag: str, build: bool, night_images: tuple[int, int]) -> dict[str,
     ]
     wait_for("the live services healthy", lambda: all_healthy(len(live)), timeout_s=300)
     timings.update(check_metrics(live))
+    wait_for("every result delivered", all_delivered, timeout_s=600, interval_s=5)
+    check_pacs_holds_what_was_sent()
+    timings["results_sent"] = len(delivery_rows())  # the inbox's DICOM studies' too
     check_flower(flower_port, len(live))
     check_no_secret_shows(tag, values)
-    scheduler = next(n for n, c in containers().items() if c["Service"] == "scheduler")
-    check_users_and_inbox(scheduler, live[0])
+    check_users_and_inbox(
+        service_container("scheduler"),
+        [live[0], service_container("listener"), service_container("deliverer")],
+    )
     lap("checks_s", step)
-    return timings
 
 
 def logs_tail() -> None:
@@ -451,6 +692,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="use the images already loaded (an air-gapped site's, from the bundle)",
     )
     parser.add_argument(
+        "--upgrade-from",
+        metavar="REVISION",
+        help="start on the images of this git revision (the previous release) and upgrade to "
+        "the new ones in the middle of a night",
+    )
+    parser.add_argument(
         "--images",
         type=int,
         nargs=2,
@@ -459,18 +706,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="images of the first and the second night (default: 24 96)",
     )
     args = parser.parse_args(argv)
+    if shutil.which("storescu") is None:
+        parser.error("storescu is missing: the DICOM step sends with it (Debian package dcmtk)")
     started = time.monotonic()
     images.BUILD_DIR.mkdir(parents=True, exist_ok=True)
     images.ensure_docker()
     images.ensure_compose()
     failure = None
+    timings: dict[str, object] = {}
     try:
-        for name, value in run_check(args.tag, args.build, tuple(args.images)).items():
-            print(f"{name}: {value}", flush=True)
+        run_check(timings, args.tag, args.build, tuple(args.images), args.upgrade_from)
     except (CheckFailed, subprocess.CalledProcessError) as error:
         failure = str(error)
         logs_tail()
     finally:
+        for name, value in timings.items():
+            print(f"{name}: {value}", flush=True)
         if not args.keep:
             teardown = time.monotonic()
             compose("down", "--volumes", "--remove-orphans", "--timeout", "60", check=False)
