@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import sqlalchemy as sa
 from fake_classifier import FakeLoader, write_jpeg
@@ -17,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 import worker.inference
 from db.lifecycle import ImageStatus
 from db.models import Image, ModelVersion, Prediction, utcnow
+from mdf.imaging.masks import read_mask
 from worker.serving import Classifier
 
 
@@ -58,9 +58,10 @@ def test_a_chunk_is_classified_in_one_batch_and_recorded(
         masks = [Path(path) for path in prediction.mask_path.split(";")]
         assert masks == [folder / f"{prediction.image_id}.{c}.png" for c in ("vessels", "lesions")]
         expected = 255 if prediction.label == "inherited" else 0
-        for mask in masks:  # each channel at the source's 64x64, not the model's 8x8
-            assert np.asarray(PILImage.open(mask)).shape == (64, 64)
-            assert np.asarray(PILImage.open(mask)).max() == expected
+        for mask in masks:  # each channel read at the source's 64x64, stored at the model's 8x8
+            assert PILImage.open(mask).size == (8, 8)
+            assert read_mask(mask).shape == (64, 64)
+            assert read_mask(mask).max() == expected
 
 
 def test_unusable_images_fail_alone_with_their_reasons(
@@ -243,4 +244,4 @@ def test_the_tiny_model_classifies_photographs_and_dicom(
         assert prediction.label in ("acquired", "inherited")
         assert sum(prediction.probabilities.values()) == pytest.approx(1, abs=1e-4)
         for mask in prediction.mask_path.split(";"):  # at the source's 96x96, as two channels
-            assert np.asarray(PILImage.open(mask)).shape == (96, 96)
+            assert read_mask(mask).shape == (96, 96)

@@ -24,6 +24,7 @@ from db.lifecycle import ClaimedImage, ReasonCode
 from db.models import Prediction
 from db.stored_path import to_stored
 from mdf.imaging import decode_frame, decode_reduced
+from mdf.imaging.masks import read_mask
 from mdf.imaging.quality import QualityThresholds, assess
 from worker.inference import decode_side, preprocess
 
@@ -69,7 +70,7 @@ def test_a_large_jpeg_is_decoded_reduced_and_its_masks_keep_its_size(
         masks = dict(session.execute(sa.select(Prediction.image_id, Prediction.mask_path)).all())
     for image_id, size in zip(ids, [(2400, 1800), (1000, 800)], strict=True):
         for mask in masks[image_id].split(";"):
-            assert PILImage.open(mask).size == size
+            assert read_mask(mask).shape == (size[1], size[0])
 
 
 def test_a_chunks_images_are_prepared_at_the_same_time(
