@@ -123,7 +123,14 @@ def _field(bright: np.ndarray) -> np.ndarray:
     if n == 0:
         return mask
     largest = np.argmax(np.bincount(labels.ravel())[1:]) + 1
-    return ndimage.binary_fill_holes(labels == largest)
+    region = labels == largest
+    # Its holes: the parts of the rest that do not reach the frame's edge (what
+    # ndimage.binary_fill_holes finds, by labelling instead of dilating from the edge).
+    rest, count = ndimage.label(~region)
+    reaches_edge = np.zeros(count + 1, dtype=bool)
+    reaches_edge[np.concatenate([rest[0], rest[-1], rest[:, 0], rest[:, -1]])] = True
+    reaches_edge[0] = False  # label 0: the region itself
+    return ~reaches_edge[rest]
 
 
 def _circle(mask: np.ndarray) -> tuple[float, float, float]:
@@ -148,20 +155,33 @@ def _circle(mask: np.ndarray) -> tuple[float, float, float]:
     return centre(int(xs[0]), int(xs[-1]), w), centre(int(ys[0]), int(ys[-1]), h), float(r)
 
 
+_SIGMAS = (0.7, 1.5, 6.0)
+_SHIFTS = ((0, 1), (1, 0), (1, 1), (1, -1))
+
+
 def _sharpness(green: np.ndarray, inner: np.ndarray) -> float:
     """Energy of the finest band's steps over the next band's, in the weakest of four
-    directions: blur in any one direction (camera shake) lowers it as defocus does."""
-    blurred = [ndimage.gaussian_filter(green, s) for s in (0.7, 1.5, 6.0)]
+    directions: blur in any one direction (camera shake) lowers it as defocus does.
+
+    ``inner`` keeps off the frame's edge (it is eroded), and the bands are computed on the
+    rectangle around it that the widest Gaussian and the steps reach, which gives the same
+    values there as the whole frame does, for less work when the field does not fill it.
+    """
+    ys, xs = np.nonzero(inner)
+    reach = int(4.0 * max(_SIGMAS) + 0.5) + 1  # scipy's kernel radius (truncate 4), a step
+    top, left = max(int(ys.min()) - reach, 0), max(int(xs.min()) - reach, 0)
+    bottom, right = int(ys.max()) + reach + 1, int(xs.max()) + reach + 1
+    blurred = [ndimage.gaussian_filter(green[top:bottom, left:right], s) for s in _SIGMAS]
     fine, coarse = blurred[0] - blurred[1], blurred[1] - blurred[2]
-    shifts = ((0, 1), (1, 0), (1, 1), (1, -1))
-    steps = [fine - np.roll(fine, shift, axis=(0, 1)) for shift in shifts]
-    return float(min(np.std(step[inner]) for step in steps) / (np.std(coarse[inner]) + 1e-6))
+    ys, xs = ys - top, xs - left
+    steps = [fine[ys, xs] - fine[ys - dy, xs - dx] for dy, dx in _SHIFTS]
+    return float(min(np.std(step) for step in steps) / (np.std(coarse[ys, xs]) + 1e-6))
 
 
 def _features(img: np.ndarray, t: QualityThresholds) -> dict[str, float]:
     """Every measure of the method, by name (see the module docstring)."""
     h, w = img.shape[:2]
-    bright = img.max(axis=-1)
+    bright = np.maximum(np.maximum(img[..., 0], img[..., 1]), img[..., 2])  # max(axis=-1)
     f: dict[str, float] = {"view": float(np.percentile(bright, 95))}
     mask = _field(bright)
     area = int(mask.sum())
@@ -186,10 +206,10 @@ def _features(img: np.ndarray, t: QualityThresholds) -> dict[str, float]:
     inner = dist <= 0.85
     dark = (bright < t.dark_level * median) & inner
     f["dark"] = float(dark.sum() / max(inner.sum(), 1))
-    sector = ((np.arctan2(yy - cy, xx - cx) + math.pi) / (2 * math.pi) * 8).astype(int) % 8
-    sector = np.broadcast_to(sector, (h, w))
-    per_sector = np.bincount(sector[dark], minlength=8) / np.maximum(
-        np.bincount(sector[inner], minlength=8), 1
+    ys, xs = np.nonzero(inner)
+    sector = ((np.arctan2(ys - cy, xs - cx) + math.pi) / (2 * math.pi) * 8).astype(int) % 8
+    per_sector = np.bincount(sector[dark[ys, xs]], minlength=8) / np.maximum(
+        np.bincount(sector, minlength=8), 1
     )
     f["sector_dark"] = float(per_sector.max())
     lit = ndimage.binary_erosion(mask & inner & ~dark, iterations=4)
