@@ -257,6 +257,7 @@ def listen(
 
 def echo(host: str, port: int, *, called: str, calling: str, timeout_s: float) -> str | None:
     """A C-ECHO to ``called`` at ``host:port``: None when it succeeded, else why not."""
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # a health check says one line
     ae = AE(ae_title=calling)
     ae.add_requested_context(Verification)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
