@@ -16,6 +16,7 @@ caller's environment nor a ``.env`` file can point the demo at a real database.
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
 import importlib.util
 import json
@@ -30,9 +31,11 @@ from pathlib import Path
 from sqlalchemy import select
 
 from db.model_versions import promote, register_version
-from db.models import ModelVersion
+from db.models import Image, ImagePath, ModelVersion, Prediction
 from db.session import session_factory
+from db.stored_path import from_stored
 from mdf.broker import stop_embedded_redis
+from scheduler.manifest import MANIFEST_NAME
 
 REPO = Path(__file__).resolve().parents[1]
 #: The packages a trained checkpoint depends on, besides pyproject.toml and the parameters
@@ -153,6 +156,25 @@ def promote_cached(data_dir: Path, entry: Path) -> str:
     return f"{record['name']} (held-out accuracy {accuracy:.2f}, trained {record['trained_at']})"
 
 
+def night_accuracy(data_dir: Path, inbox: Path) -> tuple[int, int]:
+    """How many of the night's labelled images the promoted model labelled as the night's
+    manifest does, out of how many: an image it did not classify counts as wrong."""
+    with (inbox / MANIFEST_NAME).open(newline="", encoding="utf-8") as f:
+        truth = {inbox / row["file"]: row["label"] for row in csv.DictReader(f) if row["label"]}
+    with session_factory(f"sqlite:///{data_dir / 'mdf.sqlite3'}")() as session:
+        predicted = {
+            from_stored(path): label
+            for path, label in session.execute(
+                select(ImagePath.path, Prediction.label)
+                .join(Image, ImagePath.image_id == Image.id)
+                .join(Prediction, Prediction.image_id == Image.id)
+                .join(ModelVersion, Prediction.model_version_id == ModelVersion.id)
+                .where(ModelVersion.is_promoted)
+            )
+        }
+    return sum(predicted.get(path) == label for path, label in truth.items()), len(truth)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path("var/demo"), help="emptied first")
@@ -192,6 +214,11 @@ def main(argv: list[str] | None = None) -> int:
         mdf(root, data_dir, "run-batch", str(inbox), "--batch", NIGHT_BATCH)
     finally:
         stop_embedded_redis(data_dir)  # the results are in the database; no one needs the queue
+    right, labelled = night_accuracy(data_dir, inbox)
+    print(
+        f"\nDemo night: {right} of {labelled} images labelled as its manifest says "
+        f"(accuracy {right / labelled:.2f})"
+    )
     data, command = shown(data_dir), shown(Path(sys.executable).parent / "mdf")
     print(
         f"""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -41,7 +43,7 @@ def test_the_demo_trains_then_classifies_its_night_and_rejects_exactly_the_bad_f
     sessions = session_factory(f"sqlite:///{root / 'data' / 'mdf.sqlite3'}")
     with sessions() as session:
         promoted = session.scalars(select(ModelVersion).where(ModelVersion.is_promoted)).one()
-        outcome = {}
+        outcome, labelled = {}, {}
         for path, status, code, reason, prediction in session.execute(
             select(ImagePath.path, Image.status, Image.reason_code, Image.reason, Prediction)
             .join(Image, ImagePath.image_id == Image.id)
@@ -50,6 +52,7 @@ def test_the_demo_trains_then_classifies_its_night_and_rejects_exactly_the_bad_f
             assert (status == ImageStatus.DONE) == (prediction is not None)
             if prediction is not None:
                 assert prediction.model_version_id == promoted.id
+                labelled[Path(path)] = prediction.label
             assert (status == ImageStatus.REJECTED) == bool(code and reason)
             outcome[Path(path)] = status, code
 
@@ -60,3 +63,10 @@ def test_the_demo_trains_then_classifies_its_night_and_rejects_exactly_the_bad_f
     assert all(
         status == ImageStatus.DONE for path, (status, _) in outcome.items() if path not in rejected
     )
+    # The accuracy the demo prints is the night's manifest against the database.
+    with (inbox / "manifest.csv").open(newline="") as f:
+        truth = {inbox / row["file"]: row["label"] for row in csv.DictReader(f) if row["label"]}
+    right = sum(labelled.get(path) == label for path, label in truth.items())
+    printed = re.search(r"Demo night: (\d+) of (\d+) images", result.stdout)
+    assert printed is not None and printed.groups() == (str(right), str(len(truth)))
+    assert len(truth) == NIGHT_IMAGES
