@@ -218,8 +218,8 @@ class Settings(BaseSettings):
         default=None,
         ge=1,
         le=65535,
-        description="Port where `mdf scheduler` and `mdf worker` serve Prometheus metrics at "
-        "/metrics, on every interface; unset: no metrics served.",
+        description="Port where `mdf scheduler`, `mdf worker` and `mdf dicom listen` serve "
+        "Prometheus metrics at /metrics, on every interface; unset: no metrics served.",
     )
 
     @field_validator("dicom_allowed_aes", "dicomweb_sources", "dicomweb_modalities", mode="before")
