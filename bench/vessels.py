@@ -91,6 +91,7 @@ def main() -> None:
         classes=channels,
         decoder_channels=config.unet_decoder_channels,
         skip_levels=config.skip_levels,
+        encoder=config.unet_encoder,
         encoder_weights=weights,
     )
     stage = VesselStage(

@@ -4,8 +4,8 @@ The model of arXiv 2509.21358 on top of transformers' ``MllamaForConditionalGene
 segmentation-models-pytorch's ResNet50 U-Net. The presets share all code: ``llama-3.2-11b-vision``
 (the real model, weights from a local Hugging Face directory, one vision tile per photograph),
 ``llama-3.2-11b-vision-4-tiles`` (the same computing all four tile slots, as the released model
-does) and ``tiny`` (the same architecture at toy width, built offline, for tests, the demo and
-CPUs).
+does) and ``tiny`` (the same architecture at toy width with a ResNet18 U-Net encoder, built
+offline, for tests, the demo and CPUs).
 
 Inference API
 -------------

@@ -113,6 +113,7 @@ def _unet(config: MDFConfig, segment: bool) -> tuple[float, list[int]]:
             classes=len(config.seg_classes),
             decoder_channels=config.unet_decoder_channels,
             skip_levels=config.skip_levels,
+            encoder=config.unet_encoder,
         )
         pixels = torch.empty(1, 3, config.unet_input_size, config.unet_input_size)
     with FlopCounterMode(display=False) as counter:

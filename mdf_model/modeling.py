@@ -102,6 +102,7 @@ class MDFModel(nn.Module):
                 classes=len(config.seg_classes),
                 decoder_channels=config.unet_decoder_channels,
                 skip_levels=config.skip_levels,
+                encoder=config.unet_encoder,
                 encoder_weights=encoder_weights,
             )
             self.projection = SkipProjection(

@@ -1,4 +1,5 @@
-"""The U-Net branch: smp's ResNet50 U-Net, opened up between encoder and decoder.
+"""The U-Net branch: smp's ResNet U-Net (ResNet50 as in the paper), opened up between encoder
+and decoder.
 
 The MDF model needs the encoder's skip features on their own (for the skip projection) and
 needs to modulate them (FiLM) before the decoder sees them, so the U-Net is driven in three
@@ -10,7 +11,8 @@ exactly the four skip connections smp's U-Net decoder consumes (feature 0 is the
 feature 5 is the bottleneck the decoder starts from), so the same four tensors are fused into the
 MLLM and modulated by FiLM, as the paper describes. They include the stride-2 level, where
 thin vessels and microaneurysms are still resolved: the fine detail the paper says the MLLM's
-vision tower loses.
+vision tower loses. ResNet18 and ResNet34 (``unet_encoder``) give the same sides with channels
+(64, 64, 128, 256, 512).
 """
 
 from __future__ import annotations
@@ -27,13 +29,13 @@ from mdf_model.checkpoint import CheckpointError
 
 __all__ = ["FundusUNet", "load_encoder_weights"]
 
-# ImageNet statistics, which smp's ResNet50 encoders expect.
+# ImageNet statistics, which smp's ResNet encoders expect.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def load_encoder_weights(encoder: ResNetEncoder, path: Path) -> None:
-    """Load ResNet50 encoder weights (safetensors or a torch state dict) strictly from a file."""
+    """Load ResNet encoder weights (safetensors or a torch state dict) strictly from a file."""
     if not path.is_file():
         raise CheckpointError(f"{path}: U-Net encoder weight file not found")
     try:
@@ -41,15 +43,17 @@ def load_encoder_weights(encoder: ResNetEncoder, path: Path) -> None:
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        # torchvision ResNet50 files carry the classifier head, which smp's encoder
+        # torchvision ResNet files carry the classifier head, which smp's encoder
         # load_state_dict drops (fc.weight, fc.bias) before loading the rest strictly.
         encoder.load_state_dict(state, strict=True)
     except (RuntimeError, OSError, ValueError) as error:
-        raise CheckpointError(f"{path}: not usable as ResNet50 encoder weights: {error}") from error
+        raise CheckpointError(
+            f"{path}: not usable as weights of this ResNet encoder: {error}"
+        ) from error
 
 
 class FundusUNet(nn.Module):
-    """smp ``Unet("resnet50")`` with access to its skips. Input: ImageNet-normalised RGB."""
+    """smp ``Unet(encoder)`` with access to its skips. Input: ImageNet-normalised RGB."""
 
     def __init__(
         self,
@@ -57,11 +61,12 @@ class FundusUNet(nn.Module):
         classes: int,
         decoder_channels: tuple[int, ...],
         skip_levels: tuple[int, ...],
+        encoder: str = "resnet50",
         encoder_weights: Path | None = None,
     ) -> None:
         super().__init__()
         self.net = smp.Unet(
-            "resnet50",
+            encoder,
             encoder_weights=None,
             classes=classes,
             decoder_channels=decoder_channels,

@@ -63,6 +63,7 @@ def test_fusion_layers_are_checked_against_the_loaded_base_model(tiny_base_dir) 
         ({"baseline": True, "frozen": ("unet",)}, "baseline"),
         ({"vision_tiles": 0}, "vision_tiles must be an integer from 1"),
         ({"vision_tiles": 5}, r"max_num_tiles \(4\)"),
+        ({"unet_encoder": "efficientnet-b0"}, "unet_encoder must be one of"),
     ],
 )
 def test_invalid_configurations_are_refused_with_a_reason(changes: dict, message: str) -> None:
@@ -75,6 +76,25 @@ def test_json_round_trip(tmp_path) -> None:
     path = tmp_path / "config.json"
     config.to_json_file(path)
     assert MDFConfig.from_json_file(path) == config
+
+
+def test_a_stored_configuration_without_unet_encoder_is_the_papers_resnet50(
+    tiny_base_dir,
+) -> None:
+    # Every checkpoint written before the field existed had a ResNet50 U-Net, the tiny
+    # preset's included; its weights only fit that encoder.
+    data = MDFConfig.from_preset("tiny").to_dict()
+    assert data.pop("unet_encoder") == "resnet18"
+    legacy = MDFConfig.from_dict(data)
+    assert legacy.unet_encoder == "resnet50"
+    model = MDFModel.from_base(tiny_base_dir, legacy)
+    assert model.unet.skip_channels == [64, 256, 512, 1024]
+    assert MDFModel.from_base(tiny_base_dir, MDFConfig.from_preset("tiny")).unet.skip_channels == [
+        64,
+        64,
+        128,
+        256,
+    ]
 
 
 def test_unknown_field_in_a_stored_configuration_is_refused() -> None:
