@@ -318,7 +318,8 @@ class Trainer:
         stopped = [name for name, w in self.watches.items() if w.stopped_at is not None]
         if stopped:
             self._freeze(stopped)
-        log.info("training_resumed", after_epoch=epoch, state=str(path))
+        # The run's folder and file, not the data directory above them (no path in a log line).
+        log.info("training_resumed", after_epoch=epoch, state=f"{path.parent.name}/{path.name}")
         return epoch + 1, history, rng
 
     def fit(

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from sqlalchemy import select
+from structlog.testing import capture_logs
 
 from db.models import ModelVersion, Promotion, TrainingRun
 from mdf.settings import Settings
@@ -129,7 +130,10 @@ def test_a_resumed_fit_still_ends_with_the_best_weights_from_before_the_break(
     longer = config.model_copy(update={"epochs": 3})
     resumed = Trainer(load_for_training(tiny_checkpoint, longer), longer)
     after_break = _scripted(resumed, WORSE_AFTER_BEST[3:])
-    history = resumed.fit(inputs, targets, inputs, targets, state=state)
+    with capture_logs() as logs:
+        history = resumed.fit(inputs, targets, inputs, targets, state=state)
+    (resumed_line,) = [line for line in logs if line["event"] == "training_resumed"]
+    assert resumed_line["state"] == f"{tmp_path.name}/state.safetensors"  # no directory
 
     assert history.epochs == 3 and len(after_break) == 1  # only epoch 3 ran again
     assert history.restored_epoch == 1
