@@ -152,6 +152,7 @@ def fit_unet(
         [p for p in unet.parameters() if p.requires_grad],
         lr=stage.learning_rate,
         weight_decay=stage.weight_decay,
+        fused=True,  # one kernel for every parameter (see trainer.py)
     )
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=stage.bf16)
     unet.train()
