@@ -165,7 +165,9 @@ def test_a_listener_killed_mid_association_loses_nothing_acknowledged_and_double
     first.process.wait()
     sender.wait(timeout=60)
     acked = acknowledged(transcript.read_text(), sent)
-    assert 30 <= len(acked) < len(files), "the kill must come mid-association"
+    # The spool holds an instance just before its success goes out, so the kill can fall
+    # between the two: the 30th instance spooled may never have been acknowledged.
+    assert 29 <= len(acked) < len(files), "the kill must come mid-association"
 
     env["MDF_DICOM_STUDY_QUIET_S"] = "0.5"
     second = Listener(tmp_path, port, env)
