@@ -7,7 +7,7 @@ segmentation channels; the encoder from the preset's weight file, or random wher
 none) learns from the training images with the recipe of training/vessels.py, as `mdf train`
 does when masks exist. Each held-out photograph is segmented whole, as a worker does: the
 letterboxed square, then its vessel channel scaled back to the photograph's own pixels by
-the worker's ``to_source``. F1 (at probability 0.5) and AUROC count every pixel of every
+``mdf.imaging.masks.to_source``. F1 (at probability 0.5) and AUROC count every pixel of every
 held-out photograph (STARE has no field-of-view masks, so the dark surround counts too).
 
     python bench/vessels.py [--data DIR] [--minutes 18] [--steps 100000] [--held-out 5]
@@ -31,11 +31,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mdf.imaging.masks import to_source
 from mdf_model.presets import PRESETS
 from mdf_model.unet import FundusUNet
 from training.config import VesselStage
 from training.vessels import fit_unet, predict, seg_example, vessel_scores
-from worker.masks import to_source
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "stare"
 

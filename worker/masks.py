@@ -29,9 +29,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from mdf.imaging.masks import mask_file, to_source
+from mdf.imaging.masks import mask_file
 
-__all__ = ["ImageMask", "mask_directory", "save_masks", "to_source"]  # to_source: its old home
+__all__ = ["ImageMask", "mask_directory", "save_masks"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
