@@ -166,8 +166,8 @@ class ModelServer:
             try:
                 classifier = self._load(path, expected)
             except Exception as error:
-                self._broken[version_id] = _without(error, path)
-                log.error("model_load_failed", model_version=name, error=_without(error, path))
+                self._broken[version_id] = reason = _without(error, path)
+                log.error("model_load_failed", model_version=name, error=reason)
             else:
                 return self._swap(ServedModel(version_id, name, classifier, referral))
         if self._served is None:
