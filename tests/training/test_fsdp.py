@@ -18,7 +18,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -128,15 +127,23 @@ def test_mdf_train_nproc_writes_one_verified_checkpoint_from_rank_0(
     assert trained.model.unet is not None
 
 
-def _log_lines(stream) -> Iterator[dict]:
-    """The JSON log lines of the processes sharing ``stream`` (a progress bar without its
-    newline may precede one)."""
-    for line in stream:
-        start = line.find("{")
+def _rank_pid(launcher: int, rank: int) -> int | None:
+    """The pid of the process of ``rank`` that torchrun, inside ``launcher``, started: read
+    from /proc (its parent and its RANK variable), not from the ranks' shared stderr, where
+    one process's line can land inside another's and no longer parse."""
+    for status in Path("/proc").glob("[0-9]*/status"):
         try:
-            yield json.loads(line[start:]) if start >= 0 else {}
-        except json.JSONDecodeError:
-            continue
+            parent = next(
+                int(line.split()[1])
+                for line in status.read_text().splitlines()
+                if line.startswith("PPid:")
+            )
+            environ = (status.parent / "environ").read_bytes().split(b"\0")
+        except (OSError, StopIteration):
+            continue  # ended meanwhile, or not ours to read
+        if parent == launcher and f"RANK={rank}".encode() in environ:
+            return int(status.parent.name)
+    return None
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -151,12 +158,8 @@ def test_a_killed_rank_fails_the_run_with_its_reason(
         stderr=subprocess.PIPE,
         text=True,
     )
-    victim = None
-    for event in _log_lines(process.stderr):
-        if event.get("event") == "distributed_process_started" and event.get("rank") == 1:
-            victim = event["pid"]
-        if event.get("event") == "training_started" and victim is not None:
-            break
+    assert any("training_started" in line for line in process.stderr)
+    victim = _rank_pid(process.pid, rank=1)
     assert victim is not None
     time.sleep(5)  # into the training loop
     os.kill(victim, signal.SIGKILL)
