@@ -19,7 +19,7 @@ import torch
 from mdf.synthetic.examples import synthetic_split
 from mdf_model.tiny import build_tiny_checkpoint
 from training.ablation import TABLE_VARIANTS, format_table, run_ablation
-from training.config import VARIANTS, TrainConfig
+from training.config import VARIANTS, TrainConfig, VesselStage
 
 
 def main() -> None:
@@ -42,7 +42,11 @@ def main() -> None:
             scratch, args.images, seed=args.seed, size=args.size, with_text=bool(args.with_text)
         )
         config = TrainConfig(
-            checkpoint=start, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed
+            checkpoint=start,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            vessels=VesselStage(steps=0),  # the variants differ in the joint loop
         )
         rows = run_ablation(start, split.train, split.evaluation, config, args.variants)
 

@@ -80,9 +80,9 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
     try:
         config = TrainConfig.from_file(args.config) if args.config else TrainConfig()
         if args.epochs is not None:
-            config = TrainConfig.model_validate(config.model_dump() | {"epochs": args.epochs})
+            config = config.replaced(epochs=args.epochs)
         if args.nproc is not None:
-            config = TrainConfig.model_validate(config.model_dump() | {"distributed": "fsdp"})
+            config = config.replaced(distributed="fsdp")
     except (OSError, ValueError, yaml.YAMLError) as error:
         raise CommandError(f"{args.config}: {error}") from error
     if args.nproc is not None and args.nproc < 1:

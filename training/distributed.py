@@ -356,9 +356,7 @@ def run_worker(config: TrainConfig, settings: Any) -> Any:
     from training.run import train_and_evaluate
 
     device = local_device(config.device or settings.device)
-    config = TrainConfig.model_validate(
-        config.model_dump() | {"device": device, "distributed": "fsdp"}
-    )
+    config = config.replaced(device=device, distributed="fsdp")
     if device.startswith("cuda"):
         torch.cuda.set_device(device)
     dist.init_process_group(

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from mdf.synthetic.fundus import generate_case
-from training.config import EarlyStopping, TrainConfig
+from training.config import EarlyStopping, TrainConfig, VesselStage
 from training.distributed import under_torchrun
 from training.run import load_for_training
 from training.trainer import Trainer
@@ -50,6 +50,7 @@ def main() -> None:
         lr_schedule="constant",
         early_stopping=EarlyStopping(patience=100),
         distributed="fsdp" if distributed else "none",
+        vessels=VesselStage(steps=0),  # one process and two compare the joint loop
     )
     classifier = load_for_training(args.checkpoint, config)
     inputs, targets = training_set(classifier, args.images)

@@ -8,7 +8,7 @@ import torch
 
 from mdf.synthetic.examples import synthetic_split
 from training.ablation import TABLE_VARIANTS, format_table, run_ablation
-from training.config import TrainConfig
+from training.config import TrainConfig, VesselStage
 from training.run import load_for_training
 
 
@@ -20,7 +20,9 @@ def test_each_variant_trains_on_one_split_and_frozen_parts_stay_as_they_were(
     tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
     split = synthetic_split(tmp_path, 16, size=64, seed=3)
-    config = TrainConfig(checkpoint=tiny_checkpoint, epochs=1, batch_size=8)
+    config = TrainConfig(
+        checkpoint=tiny_checkpoint, epochs=1, batch_size=8, vessels=VesselStage(steps=0)
+    )
     start = load_for_training(tiny_checkpoint, config).model
     unet = {k: v.clone() for k, v in start.unet.state_dict().items()}
     base = {k: v.clone() for k, v in start.base.state_dict().items()}

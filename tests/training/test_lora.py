@@ -12,7 +12,7 @@ from mdf.synthetic.fundus import generate_case
 from mdf_model import MDFConfig, MDFModel, load_classifier
 from mdf_model.tiny import build_tiny_base
 from tests.in_process import mdf_command
-from training.config import EarlyStopping, LoraSettings, TrainConfig
+from training.config import EarlyStopping, LoraSettings, TrainConfig, VesselStage
 from training.lora import is_adapter
 from training.run import load_for_training
 from training.trainer import Trainer
@@ -25,6 +25,7 @@ CONFIG = TrainConfig(
     batch_size=4,
     lr_schedule="constant",
     early_stopping=EarlyStopping(patience=100),
+    vessels=VesselStage(steps=0),  # the adapters are what is tested
 )
 
 

@@ -11,14 +11,19 @@ import numpy as np
 import pytest
 import torch
 
-from training.config import EarlyStopping, TrainConfig
+from training.config import EarlyStopping, TrainConfig, VesselStage
 from training.run import load_for_training
 from training.state import StateError
 from training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("mdf", "db", "scheduler", "worker", "training", "mdf_model")
-CONFIG = TrainConfig(epochs=1, batch_size=4, early_stopping=EarlyStopping(patience=10))
+CONFIG = TrainConfig(
+    epochs=1,
+    batch_size=4,
+    early_stopping=EarlyStopping(patience=10),
+    vessels=VesselStage(steps=0),  # the joint loop's state is what is saved and resumed
+)
 
 
 class Payload:

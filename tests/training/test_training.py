@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 
 from db.models import ModelVersion, Promotion, TrainingRun
 from mdf.settings import Settings
-from training.config import EarlyStopping, TrainConfig
+from training.config import EarlyStopping, TrainConfig, VesselStage
 from training.memory import estimate
 from training.run import STATE_FILE, load_for_training, train_and_evaluate
 from training.trainer import BestWeights, ComponentWatch, Trainer, learning_rate_factor
@@ -60,6 +60,8 @@ WORSE_AFTER_BEST = [
     {"lm_loss": 0.95, "seg_loss": 3.5},
 ]
 ANSWER_PARTS = ("base.", "projection.", "fusion.", "film.")
+#: These tests are about the joint loop; the vessel stage before it has test_vessels.py.
+JOINT_ONLY = VesselStage(steps=0)
 
 
 def _training_set(classifier, n: int = 4) -> tuple[list, list[str]]:
@@ -98,7 +100,12 @@ def _same(model, state: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> b
 def test_training_ends_with_the_weights_validated_at_the_best_answer_loss(
     tiny_checkpoint: Path, patience: int
 ) -> None:
-    config = TrainConfig(epochs=3, batch_size=4, early_stopping=EarlyStopping(patience=patience))
+    config = TrainConfig(
+        epochs=3,
+        batch_size=4,
+        early_stopping=EarlyStopping(patience=patience),
+        vessels=JOINT_ONLY,
+    )
     classifier = load_for_training(tiny_checkpoint, config)
     inputs, targets = _training_set(classifier)
     trainer = Trainer(classifier, config)
@@ -120,7 +127,9 @@ def test_a_resumed_fit_still_ends_with_the_best_weights_from_before_the_break(
     tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
     state = tmp_path / "state.safetensors"
-    config = TrainConfig(epochs=2, batch_size=4, early_stopping=EarlyStopping(patience=10))
+    config = TrainConfig(
+        epochs=2, batch_size=4, early_stopping=EarlyStopping(patience=10), vessels=JOINT_ONLY
+    )
     classifier = load_for_training(tiny_checkpoint, config)
     inputs, targets = _training_set(classifier)
     first = Trainer(classifier, config)
@@ -145,7 +154,9 @@ def test_cosine_learning_rates_decay_from_the_configured_ones(tiny_checkpoint: P
     assert learning_rate_factor(1, 4, "cosine") == 1.0
     assert learning_rate_factor(3, 4, "cosine") == pytest.approx(0.5)
     assert learning_rate_factor(4, 4, "constant") == 1.0
-    config = TrainConfig(epochs=3, batch_size=4, early_stopping=EarlyStopping(patience=10))
+    config = TrainConfig(
+        epochs=3, batch_size=4, early_stopping=EarlyStopping(patience=10), vessels=JOINT_ONLY
+    )
     trainer = Trainer(load_for_training(tiny_checkpoint, config), config)
     inputs, targets = _training_set(trainer.classifier)
     rates: list[list[float]] = []

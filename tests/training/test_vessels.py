@@ -61,7 +61,7 @@ def test_segmentation_loss_ignores_channels_without_a_reference_mask() -> None:
     assert right < 0.01 and wrong > 10
 
 
-def test_mdf_train_runs_the_stage_first_only_when_configured(tiny_checkpoint: Path) -> None:
+def test_mdf_train_runs_the_stage_first_on_the_images_with_masks(tiny_checkpoint: Path) -> None:
     from mdf.synthetic.fundus import generate_case
 
     stage = VesselStage(steps=2, patch=64, batch=2)
@@ -74,7 +74,9 @@ def test_mdf_train_runs_the_stage_first_only_when_configured(tiny_checkpoint: Pa
     unet = classifier.model.unet
     before = {k: v.clone() for k, v in unet.state_dict().items()}
 
-    assert learn(classifier.model, inputs, TrainConfig()) == 0  # steps 0 by default
+    unmasked = inputs[2:]
+    assert learn(classifier.model, unmasked, TrainConfig()) == 0  # no mask: nothing to learn
+    assert learn(classifier.model, inputs, TrainConfig(vessels=VesselStage(steps=0))) == 0
     assert all(torch.equal(v, before[k]) for k, v in unet.state_dict().items())
     with capture_logs() as logs:
         Trainer(classifier, config).fit(inputs, targets, inputs, targets)
@@ -82,8 +84,16 @@ def test_mdf_train_runs_the_stage_first_only_when_configured(tiny_checkpoint: Pa
     assert events.index("vessel_stage_done") < events.index("epoch_done")
     started = next(entry for entry in logs if entry["event"] == "vessel_stage_started")
     assert (started["images"], started["steps"]) == (2, 2)
+
+
+def test_the_stage_is_on_by_default_and_left_out_of_a_sharded_run() -> None:
+    assert TrainConfig().vessels.steps == 1000
+    assert TrainConfig(distributed="fsdp", vessels={"patch": 64}).vessels.steps == 0
+    # `mdf train --nproc` turns a one-process configuration into a sharded one.
+    sharded = TrainConfig(epochs=2).replaced(distributed="fsdp")
+    assert (sharded.vessels.steps, sharded.epochs) == (0, 2)
     with pytest.raises(ValueError, match="vessels"):
-        TrainConfig(vessels=stage, distributed="fsdp")
+        TrainConfig(vessels=VesselStage(steps=2), distributed="fsdp")
 
 
 @pytest.fixture
