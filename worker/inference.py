@@ -1,4 +1,4 @@
-"""One chunk, start to finish: claim, load, preprocess, classify in one batch, write.
+"""One chunk, start to finish: claim, load, preprocess and classify side by side, write.
 
 Plain functions, so the pipeline is tested without Celery; ``worker.tasks`` is the
 shell. The claim's lease is renewed while the chunk runs (``worker.lease``), and only
@@ -9,8 +9,10 @@ this claim's token can write its results. Failures are kept as small as their ca
 - a chunk started before (its worker died, or it is retried) runs image by image,
   each counted as attempted and written before the next starts: a crash is charged
   to the image in flight, not to its chunk-mates;
-- a batched forward pass that raises is retried image by image, so an input that
-  breaks the model fails alone too;
+- the model runs on the chunk's images in order, in batches of those prepared by the
+  time it is free, while a pool of threads prepares the next ones; a batched forward
+  pass that raises is retried image by image, so an input that breaks the model fails
+  alone too;
 - a transient error (the database or broker unreachable) propagates unchanged:
   the task retries the whole chunk later and the claim makes that safe;
 - anything else fails the chunk's claimed images with the error as their reason
@@ -25,11 +27,11 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import kombu.exceptions
 import numpy as np
@@ -51,6 +53,8 @@ from worker.screening import Referral, quality_columns, quality_thresholds
 from worker.serving import Classification, Classifier, ModelServer, ServedModel
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 #: Errors that say nothing about the images: retry the chunk once the service is back.
 TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
@@ -123,13 +127,15 @@ def preprocess(
     max_frames: int,
     max_bytes: int,
     quality: QualityThresholds,
-) -> tuple[list[Prepared], dict[int, Failure]]:
-    """Read, verify, decode, assess and prepare each image; one that fails is set aside with
-    its reason. The bytes decoded are the bytes hashed: nothing else is read in between.
+) -> Iterator[tuple[list[Prepared], dict[int, Failure]]]:
+    """Read, verify, decode, assess and prepare each image, handed out in order in batches
+    as they are ready; one that fails is set aside with its reason. The bytes decoded are
+    the bytes hashed: nothing else is read in between.
 
-    The images are prepared in a pool of threads, one per CPU: decoding, resampling and
-    the gradability measures run in Pillow, numpy and scipy, which release the GIL, so a
-    chunk's preprocessing takes about its longest image's time on enough cores.
+    Every image is submitted at once to a pool of threads, one per CPU: decoding,
+    resampling and the gradability measures run in Pillow, numpy and scipy, which release
+    the GIL. The caller runs the model on each batch while the pool goes on with the next
+    images (see ``ready_in_order``).
     """
     side = decode_side(classifier, quality)
 
@@ -155,8 +161,22 @@ def preprocess(
         elapsed = (time.perf_counter() - start) * 1000
         return Prepared(image, model_input, elapsed, decoded.size, assessed)
 
-    with ThreadPoolExecutor(max_workers=min(len(images), os.cpu_count() or 1) or 1) as pool:
-        outcomes = list(pool.map(one, images))
+    threads = min(len(images), os.cpu_count() or 1) or 1
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        futures = [pool.submit(one, image) for image in images]
+        try:
+            done = 0
+            for batch in ready_in_order(futures, at_least=threads):
+                yield _split(images[done : done + len(batch)], batch)
+                done += len(batch)
+        finally:  # should the caller stop early (an error), start no further image
+            for future in futures:
+                future.cancel()
+
+
+def _split(
+    images: Sequence[ClaimedImage], outcomes: Sequence[Prepared | Failure]
+) -> tuple[list[Prepared], dict[int, Failure]]:
     prepared = [outcome for outcome in outcomes if isinstance(outcome, Prepared)]
     failures = {
         image.id: outcome
@@ -164,6 +184,23 @@ def preprocess(
         if isinstance(outcome, Failure)
     }
     return prepared, failures
+
+
+def ready_in_order(futures: Sequence[Future[T]], *, at_least: int) -> Iterator[list[T]]:
+    """The results in order, in batches: each waits for the next ``at_least`` (a round of
+    the pool's threads, which finish about together) and takes every later one already
+    finished, up to the first that is not. Asked for its next batch when the model is free
+    again, it hands out what the pool finished meanwhile: a slow model gets large batches
+    (a pass per image costs the most), a fast one small batches early."""
+    start = 0
+    while start < len(futures):
+        end = min(start + at_least, len(futures))
+        batch = [future.result() for future in futures[start:end]]
+        while end < len(futures) and futures[end].done():
+            batch.append(futures[end].result())
+            end += 1
+        yield batch
+        start = end
 
 
 def _model_input(
@@ -363,24 +400,34 @@ class Pipeline:
         token: str,
         outcome: ChunkOutcome,
     ) -> None:
-        start = time.perf_counter()
-        prepared, failures = preprocess(
+        """The model runs on each batch of prepared images while the pool prepares the next
+        ones; then one write. Timed: how long the model waited for preprocessing (what the
+        overlap left of it), the model, the write, and the images' own preprocessing."""
+        prepared: list[Prepared] = []
+        classified: list[Classified] = []
+        failures: dict[int, Failure] = {}
+        waited_ms = inference_ms = 0.0
+        clock = time.perf_counter()
+        for ready, failed in preprocess(
             images,
             served.classifier,
             max_pixels=self.max_pixels,
             max_frames=self.max_frames,
             max_bytes=self.max_file_bytes,
             quality=self.quality,
-        )
-        preprocess_ms = (time.perf_counter() - start) * 1000
-        start = time.perf_counter()
-        classified, inference_failures = classify(
-            served.classifier,
-            [item for item in prepared if item.input is not None],
-            max_new_tokens=self.max_new_tokens,
-        )
-        inference_ms = (time.perf_counter() - start) * 1000
-        failures.update(inference_failures)
+        ):
+            start = time.perf_counter()
+            waited_ms += (start - clock) * 1000
+            answered, unanswered = classify(
+                served.classifier,
+                [item for item in ready if item.input is not None],
+                max_new_tokens=self.max_new_tokens,
+            )
+            clock = time.perf_counter()
+            inference_ms += (clock - start) * 1000
+            prepared += ready
+            classified += answered
+            failures.update(failed | unanswered)
         start = time.perf_counter()
         masks = save_masks(
             [ImageMask(c.prepared.image.id, c.result.mask, c.prepared.size) for c in classified],
@@ -407,7 +454,8 @@ class Pipeline:
         outcome.taken_over += sorted({row.image_id for row in rows} - set(written.done))
         outcome.failed.update(failures)
         outcome.add_timings(
-            preprocess_ms=preprocess_ms,
+            preprocess_ms=sum(item.preprocess_ms for item in prepared),
+            preprocess_wait_ms=waited_ms,
             inference_ms=inference_ms,
             write_ms=(time.perf_counter() - start) * 1000,
         )

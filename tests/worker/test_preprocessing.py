@@ -9,6 +9,7 @@ import os
 import threading
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,13 +21,14 @@ from pipelines import make_pipeline
 from registered import add_files
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.lifecycle import ClaimedImage, ReasonCode
+from db.lifecycle import ClaimedImage, Failure, ReasonCode
 from db.models import Prediction
 from db.stored_path import to_stored
 from mdf.imaging import decode_frame, decode_reduced
 from mdf.imaging.masks import read_mask
 from mdf.imaging.quality import QualityThresholds, assess
-from worker.inference import decode_side, preprocess
+from worker.inference import Prepared, decode_side, preprocess
+from worker.serving import Classifier
 
 STARE = Path(
     os.environ.get("MDF_STARE_DIR")
@@ -52,6 +54,18 @@ def _claimed(paths: list[Path]) -> list[ClaimedImage]:
         )
         for index, path in enumerate(paths)
     ]
+
+
+def _preprocess_all(
+    images: list[ClaimedImage], classifier: Classifier, **limits: Any
+) -> tuple[list[Prepared], dict[int, Failure]]:
+    """Every batch ``preprocess`` hands out, joined."""
+    prepared: list[Prepared] = []
+    failures: dict[int, Failure] = {}
+    for ready, failed in preprocess(images, classifier, **limits):
+        prepared += ready
+        failures |= failed
+    return prepared, failures
 
 
 def test_a_large_jpeg_is_decoded_reduced_and_its_masks_keep_its_size(
@@ -83,7 +97,7 @@ def test_a_chunks_images_are_prepared_at_the_same_time(
     barrier = threading.Barrier(2, timeout=30)
     classifier.on_prepare = barrier.wait
     paths = [write_jpeg(tmp_path / f"{i}.jpg", 100 + i) for i in range(2)]
-    prepared, failures = preprocess(
+    prepared, failures = _preprocess_all(
         _claimed(paths),
         classifier,
         max_pixels=10_000_000,
@@ -108,7 +122,7 @@ def test_threads_prepare_what_one_thread_does_and_failures_stay_per_image(
     changed = write_jpeg(tmp_path / "changed.jpg", 90)
     images = _claimed([*paths, tmp_path / "gone.jpg", changed])
     changed.write_bytes(b"replaced")  # after intake registered it
-    prepared, failures = preprocess(
+    prepared, failures = _preprocess_all(
         images, classifier, max_pixels=10_000_000, max_frames=1, max_bytes=10_000_000,
         quality=quality,
     )  # fmt: skip
