@@ -30,6 +30,13 @@ MIN_IMAGE_SIDE = 32
 # Below these (0..255 scale) a photograph shows no retina: a lens cap or a failed capture.
 MIN_MEAN_BRIGHTNESS = 5.0
 MIN_CONTRAST = 2.0
+# The U-Net's square is first box-averaged by the largest whole factor that leaves it at least
+# this many times its size, then filtered (Pillow's ``reducing_gap``): the bilinear filter of a
+# 1752 px photograph reduced to the tiny model's 128 px spans 27 pixels a tap and took about
+# 12 of its 25 ms of preparation (now 19). On the STARE photographs at 3504 x 2336 decoded at
+# 1752 x 1168 the tiny model's label probabilities move by 6e-5 at most, its masks by 1 of 255.
+# A factor under 2 (the 512 px U-Net of a 1752 px photograph) leaves the filter alone.
+UNET_REDUCING_GAP = 3.0
 
 
 @dataclass(frozen=True)
@@ -116,16 +123,23 @@ def _check_image(image: np.ndarray) -> None:
         )
 
 
-def _letterbox(image: Image.Image, size: int, resample: Image.Resampling) -> Image.Image:
-    """Centre on a black square (the fundus background) and resize: no distortion."""
+def _letterbox(
+    image: Image.Image,
+    size: int,
+    resample: Image.Resampling,
+    reducing_gap: float | None = None,
+) -> Image.Image:
+    """Centre on a black square (the fundus background) and resize: no distortion.
+    ``reducing_gap``: Pillow's, see UNET_REDUCING_GAP."""
     side = max(image.size)
     square = Image.new(image.mode, (side, side))
     square.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
-    return square.resize((size, size), resample)
+    return square.resize((size, size), resample, reducing_gap=reducing_gap)
 
 
 def _unet_pixels(image: Image.Image, size: int) -> torch.Tensor:
-    array = np.asarray(_letterbox(image, size, Image.Resampling.BILINEAR), dtype=np.float32)
+    letterboxed = _letterbox(image, size, Image.Resampling.BILINEAR, UNET_REDUCING_GAP)
+    array = np.asarray(letterboxed, dtype=np.float32)
     pixels = torch.from_numpy(array / 255.0).permute(2, 0, 1)
     mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
     std = torch.tensor(IMAGENET_STD)[:, None, None]
