@@ -4,6 +4,7 @@ later batch still fails alone, with its reason."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from concurrent.futures import Future
@@ -22,7 +23,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.lifecycle import ImageStatus
 from db.models import Image
-from worker.inference import ready_in_order
+from mdf.settings import Settings
+from worker.inference import Pipeline, ready_in_order
 
 GATED_RED = 120  # the picture whose preparation waits for the model to start
 # How long the gated picture waits before giving up: only reached when nothing overlaps.
@@ -66,6 +68,11 @@ def two_cores(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
 
 
+def _overlapping(sessions: sessionmaker[Session], tmp_path: Path, loader: GatedLoader) -> Pipeline:
+    """The pipeline of a worker whose model is off the CPU."""
+    return dataclasses.replace(make_pipeline(sessions, tmp_path, loader), overlap=True)
+
+
 def _reasons(sessions: sessionmaker[Session]) -> dict[int, tuple[str | None, str | None]]:
     with sessions() as session:
         rows = session.execute(sa.select(Image.id, Image.reason_code, Image.reason))
@@ -80,7 +87,7 @@ def test_the_model_starts_before_the_chunk_is_prepared(
     reds = [200, 40, GATED_RED, 20, 180]
     ids = add_files(sessions, [write_jpeg(tmp_path / f"{i}.jpg", r) for i, r in enumerate(reds)])
     loader = GatedLoader()
-    outcome = make_pipeline(sessions, tmp_path, loader).run(ids)
+    outcome = _overlapping(sessions, tmp_path, loader).run(ids)
     assert outcome.written == ids and outcome.failed == {}
     events = loader.classifier.events
     assert events.index(("pass", 2)) < events.index(("prepared", GATED_RED))
@@ -101,7 +108,7 @@ def test_failures_in_a_later_batch_stay_with_their_images(
     last = write_jpeg(tmp_path / "last.jpg", 90)
     ids = add_files(sessions, [*good, text, breaking, last])
     loader = GatedLoader()
-    outcome = make_pipeline(sessions, tmp_path, loader).run(ids)
+    outcome = _overlapping(sessions, tmp_path, loader).run(ids)
     assert loader.classifier.batches[0] == 2
     assert outcome.written == [*ids[:3], ids[5]]
     reasons = _reasons(sessions)
@@ -129,3 +136,11 @@ def test_batches_are_handed_out_in_order_as_they_are_ready() -> None:
     futures[5].set_result(5)
     assert next(batches) == [3, 4, 5]
     assert next(batches, None) is None
+
+
+@pytest.mark.parametrize(("device", "overlap"), [("cpu", False), ("cuda:0", True)])
+def test_preprocessing_overlaps_the_model_only_off_the_cpu(device: str, overlap: bool) -> None:
+    pipeline = Pipeline.from_settings(
+        Settings(device=device), sessions=sessionmaker(), server=None, worker="w1@host"
+    )
+    assert pipeline.overlap is overlap

@@ -59,10 +59,10 @@ def _claimed(paths: list[Path]) -> list[ClaimedImage]:
 def _preprocess_all(
     images: list[ClaimedImage], classifier: Classifier, **limits: Any
 ) -> tuple[list[Prepared], dict[int, Failure]]:
-    """Every batch ``preprocess`` hands out, joined."""
+    """Every batch ``preprocess`` hands out as they are ready, joined."""
     prepared: list[Prepared] = []
     failures: dict[int, Failure] = {}
-    for ready, failed in preprocess(images, classifier, **limits):
+    for ready, failed in preprocess(images, classifier, overlap=True, **limits):
         prepared += ready
         failures |= failed
     return prepared, failures
