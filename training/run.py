@@ -56,12 +56,22 @@ class Scored:
     probabilities: list[dict[str, float]]  # every label's, for the referral thresholds
 
 
-def score(classifier, prepared: PreparedSet, batch_size: int = 16) -> Scored:
+def classified(classifier, prepared: PreparedSet, *, generate_text: bool, batch_size: int = 16):
+    """The classifier's results for every prepared input, without the segmentation masks
+    (no score uses them); the answer text only where ``generate_text``."""
     results = []
     for start in range(0, len(prepared.inputs), batch_size):
         results += classifier.classify_prepared(
-            prepared.inputs[start : start + batch_size], max_new_tokens=8
+            prepared.inputs[start : start + batch_size],
+            generate_text=generate_text,
+            segment=False,
+            max_new_tokens=8,
         )
+    return results
+
+
+def score(classifier, prepared: PreparedSet, batch_size: int = 16) -> Scored:
+    results = classified(classifier, prepared, generate_text=True, batch_size=batch_size)
     truth = [e.label for e in prepared.examples]
     evaluation = evaluate(
         classifier.labels,
@@ -301,11 +311,13 @@ class Runner:
         return RunResult(run_id, name, promoted, decision.reason, metrics, report_path, 0.0)
 
     def _referral(self, classifier: Any, validation: Split, labels: list[str]) -> dict[str, Any]:
-        """Each referable label's threshold, set on the validation patients' images."""
-        scored = score(classifier, prepare(classifier, validation.evaluation))
+        """Each referable label's threshold, set on the validation patients' images: from the
+        label probabilities alone, so no answer text is generated."""
+        prepared = prepare(classifier, validation.evaluation)
+        results = classified(classifier, prepared, generate_text=False)
         return choose_thresholds(
-            scored.truth,
-            scored.probabilities,
+            [e.label for e in prepared.examples],
+            [dict(r.probabilities) for r in results],
             [label for label in self.settings.referable_labels if label in labels],
             self.settings.referral_target_sensitivity,
         )
