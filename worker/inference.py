@@ -1,4 +1,4 @@
-"""One chunk, start to finish: claim, load, preprocess and classify side by side, write.
+"""One chunk, start to finish: claim, load, preprocess, classify, write.
 
 Plain functions, so the pipeline is tested without Celery; ``worker.tasks`` is the
 shell. The claim's lease is renewed while the chunk runs (``worker.lease``), and only
@@ -9,10 +9,11 @@ this claim's token can write its results. Failures are kept as small as their ca
 - a chunk started before (its worker died, or it is retried) runs image by image,
   each counted as attempted and written before the next starts: a crash is charged
   to the image in flight, not to its chunk-mates;
-- the model runs on the chunk's images in order, in batches of those prepared by the
-  time it is free, while a pool of threads prepares the next ones; a batched forward
-  pass that raises is retried image by image, so an input that breaks the model fails
-  alone too;
+- a pool of threads prepares the chunk's images; a model on a GPU runs on them in
+  order, in batches of those prepared by the time it is free, while the pool prepares
+  the next ones (a model on the CPU, in one batch once all are prepared); a batched
+  forward pass that raises is retried image by image, so an input that breaks the model
+  fails alone too;
 - a transient error (the database or broker unreachable) propagates unchanged:
   the task retries the whole chunk later and the claim makes that safe;
 - anything else fails the chunk's claimed images with the error as their reason
@@ -409,9 +410,9 @@ class Pipeline:
         token: str,
         outcome: ChunkOutcome,
     ) -> None:
-        """The model runs on each batch of prepared images while the pool prepares the next
-        ones; then one write. Timed: how long the model waited for preprocessing (what the
-        overlap left of it), the model, the write, and the images' own preprocessing."""
+        """The model runs on each batch of prepared images (with ``overlap``, while the
+        pool prepares the next ones); then one write. Timed: how long the model waited for
+        preprocessing, the model, the write, and the images' own preprocessing."""
         prepared: list[Prepared] = []
         classified: list[Classified] = []
         failures: dict[int, Failure] = {}
