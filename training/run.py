@@ -99,6 +99,9 @@ def load_for_training(path: Path, config: TrainConfig):
         ).to(model.device)
     else:
         classifier.model.set_frozen(ABLATIONS[config.variant])
+    if config.seg_loss_weight is not None:  # the model's forward pass weighs the two losses
+        model = classifier.model
+        model.config = model.config.replace(seg_loss_weight=config.seg_loss_weight)
     apply_strategy(classifier.model, config.strategy)
     return classifier
 
