@@ -312,7 +312,7 @@ class Pipeline:
     # The model runs on the images prepared first while the pool prepares the rest: only
     # where the model is off the CPU. On the CPU the model and the pool share the cores, and
     # a chunk split into passes costs the model more than the overlap saves (measured: the
-    # tiny model's chunks of 16 photographs on two cores took 5 to 40% longer).
+    # tiny model's chunks of 16 photographs on two shared cores took 2 to 40% longer).
     overlap: bool = False
 
     @classmethod
