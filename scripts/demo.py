@@ -42,10 +42,15 @@ REPO = Path(__file__).resolve().parents[1]
 #: (``mdf synth`` draws the labelled history with mdf.synthetic).
 MODEL_PACKAGES = ("mdf_model", "training", "mdf.synthetic")
 NIGHT_BATCH = "demo-night"
+#: The training workspace's pseudonym key. Patients are split into training, validation and
+#: held-out sets by pseudonym, so a key drawn afresh each time (SQLite's default) trained each
+#: fresh demo on other images; this one keeps the split, and with it the model, the same.
+#: It pseudonymises only the synthetic history, in a workspace deleted after training.
+HISTORY_KEY = hashlib.sha256(b"mdf demo: the synthetic labelled history").hexdigest()
 
 
-def mdf(root: Path, data_dir: Path, *args: str, **settings: str) -> None:
-    """Run one ``mdf`` command in ``root`` against ``data_dir``; stop the demo if it fails."""
+def started(root: Path, data_dir: Path, *args: str, **settings: str) -> subprocess.Popen[bytes]:
+    """Start one ``mdf`` command in ``root`` against ``data_dir`` (`finished` waits for it)."""
     env = {name: value for name, value in os.environ.items() if not name.startswith("MDF_")}
     env.update(
         MDF_DATA_DIR=str(data_dir),
@@ -53,13 +58,23 @@ def mdf(root: Path, data_dir: Path, *args: str, **settings: str) -> None:
         **settings,
     )
     print(f"\n$ mdf {' '.join(shown(Path(a)) if os.sep in a else a for a in args)}")
-    with subprocess.Popen([sys.executable, "-m", "mdf.cli", *args], cwd=root, env=env) as command:
+    return subprocess.Popen([sys.executable, "-m", "mdf.cli", *args], cwd=root, env=env)
+
+
+def finished(command: subprocess.Popen[bytes]) -> None:
+    """Wait for a started command; stop the demo if it failed."""
+    with command:
         try:
             code = command.wait()
         except KeyboardInterrupt:  # the command got the Ctrl-C too: let it stop its workers
             code = command.wait()
     if code:
         raise SystemExit(code)
+
+
+def mdf(root: Path, data_dir: Path, *args: str, **settings: str) -> None:
+    """Run one ``mdf`` command in ``root`` against ``data_dir``; stop the demo if it fails."""
+    finished(started(root, data_dir, *args, **settings))
 
 
 def shown(path: Path) -> str:
@@ -87,17 +102,25 @@ def train(root: Path, entry: Path, training: dict[str, int]) -> None:
     """Train and promote a tiny model in a scratch workspace; keep its checkpoint in ``entry``."""
     workspace = root / "training-workspace"
     shutil.rmtree(workspace, ignore_errors=True)
+    workspace.mkdir()
     try:
-        mdf(root, workspace, "db", "upgrade")
-        mdf(root, workspace, "model", "init", "--preset", "tiny", str(workspace / "base-model"))
-        history = workspace / "history"
-        images, size = str(training["images"]), str(training["size"])
-        # No clinical text: with notes for some patients the model answers from the notes
-        # and leaves the images at chance, and half the night's patients come without any.
-        synth = ["synth", str(history), "--images", images, "--size", size, "--with-text", "0"]
-        mdf(root, workspace, *synth)
-        mdf(root, workspace, "ingest", str(history), "--batch", "labelled-history")
-        mdf(root, workspace, "labels", "import", str(workspace / "history-masks" / "masks.csv"))
+        # The base model is built while the history is drawn and ingested: neither needs
+        # the other.
+        base = workspace / "base-model"
+        init = started(root, workspace, "model", "init", "--preset", "tiny", str(base))
+        with init:  # waited for, also when a command below fails
+            mdf(root, workspace, "db", "upgrade")
+            history = workspace / "history"
+            images, size = str(training["images"]), str(training["size"])
+            # No clinical text: with notes for some patients the model answers from the notes
+            # and leaves the images at chance, and half the night's patients come without any.
+            synth = ["synth", str(history), "--images", images, "--size", size]
+            mdf(root, workspace, *synth, "--with-text", "0")
+            ingest = ["ingest", str(history), "--batch", "labelled-history"]
+            mdf(root, workspace, *ingest, MDF_PSEUDONYM_KEY=HISTORY_KEY)
+            masks = workspace / "history-masks" / "masks.csv"
+            mdf(root, workspace, "labels", "import", str(masks))
+        finished(init)
         # Small batches give the few images a demo can afford that many more steps, and no
         # component stops before the last epoch (it would stop on the chance plateau).
         config = workspace / "train.json"
@@ -121,7 +144,7 @@ def train(root: Path, entry: Path, training: dict[str, int]) -> None:
             "train",
             "--config",
             str(config),
-            MDF_MODEL_DIR=str(workspace / "base-model"),
+            MDF_MODEL_DIR=str(base),
         )
         sessions = session_factory(f"sqlite:///{workspace / 'mdf.sqlite3'}")
         with sessions() as session:
