@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
+from scipy import fft as sfft
 from scipy import ndimage
 
 __all__ = ["Quality", "QualityReason", "QualityThresholds", "assess"]
@@ -112,13 +113,40 @@ def _working_copy(pixels: np.ndarray, size: int) -> np.ndarray:
             (max(round(w * scale), 1), max(round(h * scale), 1)), Image.Resampling.BOX
         )
         pixels = np.asarray(small)
-    return pixels.astype(np.float32) / 255
+    copy = pixels.astype(np.float32)
+    copy /= 255  # in place: one array to allocate, not two
+    return copy
 
 
-def _field(bright: np.ndarray) -> np.ndarray:
-    """The largest region above a level between the dark and bright ends, holes filled."""
-    lo, hi = np.percentile(bright, (2, 95))
-    mask = ndimage.binary_opening(bright > lo + 0.15 * (hi - lo), iterations=2)
+def _cross(mask: np.ndarray, combine: np.ufunc) -> np.ndarray:
+    """Each pixel combined with its four neighbours, False beyond the frame: one step of
+    scipy.ndimage's binary erosion (`np.logical_and`) or dilation (`np.logical_or`) with its
+    default structure, by shifted views, several times faster than ndimage at this size."""
+    p = np.pad(mask, 1)
+    out = combine(p[1:-1, 1:-1], p[:-2, 1:-1])
+    for neighbour in (p[2:, 1:-1], p[1:-1, :-2], p[1:-1, 2:]):
+        combine(out, neighbour, out=out)
+    return out
+
+
+def _erode(mask: np.ndarray, iterations: int) -> np.ndarray:
+    """`ndimage.binary_erosion(mask, iterations=iterations)`."""
+    for _ in range(iterations):
+        mask = _cross(mask, np.logical_and)
+    return mask
+
+
+def _dilate(mask: np.ndarray, iterations: int) -> np.ndarray:
+    """`ndimage.binary_dilation(mask, iterations=iterations)`."""
+    for _ in range(iterations):
+        mask = _cross(mask, np.logical_or)
+    return mask
+
+
+def _field(bright: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """The largest region above a level between the dark (`lo`) and bright (`hi`) ends,
+    opened by two steps, holes filled."""
+    mask = _dilate(_erode(bright > lo + 0.15 * (hi - lo), 2), 2)
     labels, n = ndimage.label(mask)
     if n == 0:
         return mask
@@ -156,7 +184,45 @@ def _circle(mask: np.ndarray) -> tuple[float, float, float]:
 
 
 _SIGMAS = (0.7, 1.5, 6.0)
+_RADIUS = int(4.0 * max(_SIGMAS) + 0.5)  # scipy's kernel radius (truncate 4) of the widest
 _SHIFTS = ((0, 1), (1, 0), (1, 1), (1, -1))
+
+
+def _response(sigma: float, n: int) -> np.ndarray:
+    """Frequency response, on a circular axis of `n` samples, of the 1-D Gaussian kernel
+    that scipy.ndimage.gaussian_filter uses (truncated at 4 sigma): real, as it is even."""
+    radius = int(4.0 * sigma + 0.5)
+    x = np.arange(-radius, radius + 1)
+    kernel = np.exp(-0.5 / sigma**2 * x**2)
+    circular = np.zeros(n)
+    circular[x % n] = kernel / kernel.sum()
+    return np.fft.fft(circular).real
+
+
+def _bands(green: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The finest band (Gaussian blur at 0.7 px minus at 1.5 px) and the next (1.5 minus
+    6 px), as scipy's `gaussian_filter` (mode "reflect") gives them, from one transform.
+
+    The widest kernel has 49 taps a side; in the frequency domain each band costs a product
+    and an inverse transform whatever the widths. The image is mirrored by the widest
+    radius, so that the transform's wrap-around reaches only the mirrored margin. Single
+    precision, in place where it can be: fewer and smaller temporaries to allocate.
+    """
+    h, w = green.shape
+    padded = np.pad(green, _RADIUS, mode="symmetric")
+    shape = tuple(sfft.next_fast_len(n, real=True) for n in padded.shape)
+    spectrum = sfft.rfft2(padded, shape)
+    columns = [_response(s, shape[1])[: shape[1] // 2 + 1].astype(np.float32) for s in _SIGMAS]
+    rows = [_response(s, shape[0])[:, None].astype(np.float32) for s in _SIGMAS]
+    inside = (slice(_RADIUS, _RADIUS + h), slice(_RADIUS, _RADIUS + w))
+
+    def band(finer: int) -> np.ndarray:
+        response = rows[finer] * columns[finer]
+        response -= rows[finer + 1] * columns[finer + 1]
+        response = spectrum * response
+        return sfft.irfft2(response, shape, overwrite_x=True)[inside]
+
+    return band(0), band(1)
 
 
 def _sharpness(green: np.ndarray, inner: np.ndarray) -> float:
@@ -167,32 +233,41 @@ def _sharpness(green: np.ndarray, inner: np.ndarray) -> float:
     rectangle around it that the widest Gaussian and the steps reach, which gives the same
     values there as the whole frame does, for less work when the field does not fill it.
     """
-    ys, xs = np.nonzero(inner)
-    reach = int(4.0 * max(_SIGMAS) + 0.5) + 1  # scipy's kernel radius (truncate 4), a step
-    top, left = max(int(ys.min()) - reach, 0), max(int(xs.min()) - reach, 0)
-    bottom, right = int(ys.max()) + reach + 1, int(xs.max()) + reach + 1
-    blurred = [ndimage.gaussian_filter(green[top:bottom, left:right], s) for s in _SIGMAS]
-    fine, coarse = blurred[0] - blurred[1], blurred[1] - blurred[2]
-    ys, xs = ys - top, xs - left
-    steps = [fine[ys, xs] - fine[ys - dy, xs - dx] for dy, dx in _SHIFTS]
-    return float(min(np.std(step) for step in steps) / (np.std(coarse[ys, xs]) + 1e-6))
+    rows, cols = np.flatnonzero(inner.any(axis=1)), np.flatnonzero(inner.any(axis=0))
+    reach = _RADIUS + 1  # and a step
+    top, left = max(int(rows[0]) - reach, 0), max(int(cols[0]) - reach, 0)
+    bottom, right = int(rows[-1]) + reach + 1, int(cols[-1]) + reach + 1
+    fine, coarse = _bands(green[top:bottom, left:right])
+    inner = inner[top:bottom, left:right]
+    # Steps from each inner pixel to its neighbour, by shifted views (the neighbour is in
+    # the rectangle: `inner` is off its edge), in the order np.nonzero would give.
+    h, w = fine.shape
+    kept = inner[1:-1, 1:-1]
+    here = fine[1:-1, 1:-1][kept]
+    spread = [
+        np.std(here - fine[1 - dy : h - 1 - dy, 1 - dx : w - 1 - dx][kept]) for dy, dx in _SHIFTS
+    ]
+    return float(min(spread) / (np.std(coarse[inner]) + 1e-6))
 
 
 def _features(img: np.ndarray, t: QualityThresholds) -> dict[str, float]:
     """Every measure of the method, by name (see the module docstring)."""
     h, w = img.shape[:2]
     bright = np.maximum(np.maximum(img[..., 0], img[..., 1]), img[..., 2])  # max(axis=-1)
-    f: dict[str, float] = {"view": float(np.percentile(bright, 95))}
-    mask = _field(bright)
+    lo, view = np.percentile(bright, (2, 95))
+    f: dict[str, float] = {"view": float(view)}
+    mask = _field(bright, lo, view)
     area = int(mask.sum())
     f["fill"] = area / (h * w)
     if area < 0.01 * h * w:
         return f
     cx, cy, r = _circle(mask)
     yy, xx = np.ogrid[0:h, 0:w]
-    dist = np.hypot(xx - cx, yy - cy) / r
-    f["outside"] = float((mask & (dist > 1.02)).sum() / area)
-    f["field"] = float((mask & (dist <= 1)).sum() / (h * w))
+    # Squared distances, with no root per pixel: exact, as the centre and radius are
+    # multiples of half a pixel.
+    dist2 = (xx - cx) ** 2 + (yy - cy) ** 2
+    f["outside"] = float((mask & (dist2 > (1.02 * r) ** 2)).sum() / area)
+    f["field"] = float((mask & (dist2 <= r**2)).sum() / (h * w))
     f["offset"] = float(math.hypot(cx - w / 2, cy - h / 2) / min(h, w))
     red, green, blue = img[..., 0][mask], img[..., 1][mask], img[..., 2][mask]
     f["warmth"] = float(np.median((red - blue) / (red + 1e-3)))
@@ -203,7 +278,7 @@ def _features(img: np.ndarray, t: QualityThresholds) -> dict[str, float]:
     p2, p5, p95 = np.percentile(green, (2, 5, 95))
     f["floor"] = float(p2 / (f["green"] + 1e-3))
     f["contrast"] = float((p95 - p5) / (green.mean() + 1e-3))
-    inner = dist <= 0.85
+    inner = dist2 <= (0.85 * r) ** 2
     dark = (bright < t.dark_level * median) & inner
     f["dark"] = float(dark.sum() / max(inner.sum(), 1))
     ys, xs = np.nonzero(inner)
@@ -212,7 +287,7 @@ def _features(img: np.ndarray, t: QualityThresholds) -> dict[str, float]:
         np.bincount(sector, minlength=8), 1
     )
     f["sector_dark"] = float(per_sector.max())
-    lit = ndimage.binary_erosion(mask & inner & ~dark, iterations=4)
+    lit = _erode(mask & inner & ~dark, 4)
     f["sharpness"] = _sharpness(img[..., 1], lit) if lit.sum() > 100 else 0.0
     return f
 
