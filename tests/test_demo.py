@@ -20,11 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 NIGHT_IMAGES = 6
 
 
-@pytest.mark.slow
-def test_the_demo_trains_then_classifies_its_night_and_rejects_exactly_the_bad_files(
-    tmp_path: Path,
-) -> None:
-    root, cache = tmp_path / "demo", tmp_path / "cache"
+def demo(root: Path, cache: Path) -> subprocess.CompletedProcess[str]:
+    """``make demo`` at a test's size; it must succeed."""
     small = ["--history-images", "16", "--epochs", "1", "--night-images", str(NIGHT_IMAGES)]
     result = subprocess.run(
         [sys.executable, "scripts/demo.py", "--root", str(root), "--cache", str(cache), *small],
@@ -34,8 +31,17 @@ def test_the_demo_trains_then_classifies_its_night_and_rejects_exactly_the_bad_f
         text=True,
         timeout=600,
     )
-
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+@pytest.mark.slow
+def test_the_demo_trains_then_classifies_its_night_and_rejects_exactly_the_bad_files(
+    tmp_path: Path,
+) -> None:
+    root, cache = tmp_path / "demo", tmp_path / "cache"
+    result = demo(root, cache)
+
     assert "Model: trained in" in result.stdout
     assert f"{NIGHT_IMAGES} classified, {len(BAD_FILES)} rejected, 0 failed" in result.stdout
     inbox = root / "inbox"
@@ -70,3 +76,20 @@ def test_the_demo_trains_then_classifies_its_night_and_rejects_exactly_the_bad_f
     printed = re.search(r"Demo night: (\d+) of (\d+) images", result.stdout)
     assert printed is not None and printed.groups() == (str(right), str(len(truth)))
     assert len(truth) == NIGHT_IMAGES
+
+
+@pytest.mark.slow
+def test_a_second_demo_serves_the_model_the_first_one_trained(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    demo(tmp_path / "first", cache)
+    (entry,) = cache.iterdir()
+
+    again = demo(tmp_path / "second", cache)
+
+    assert "Model: reused the model cached in" in again.stdout
+    assert "Training a tiny model" not in again.stdout
+    assert [path.name for path in cache.iterdir()] == [entry.name]
+    sessions = session_factory(f"sqlite:///{tmp_path / 'second' / 'data' / 'mdf.sqlite3'}")
+    with sessions() as session:
+        promoted = session.scalars(select(ModelVersion).where(ModelVersion.is_promoted)).one()
+    assert Path(promoted.path) == entry / "checkpoint"
