@@ -103,7 +103,7 @@ class Quality:
 
 
 def _working_copy(pixels: np.ndarray, size: int) -> np.ndarray:
-    """Float RGB in 0..1, the long side at most `size` (area-averaged, so noise averages)."""
+    """The RGB levels, the long side at most `size` (area-averaged, so noise averages)."""
     if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
         raise ValueError(f"expected an HxWx3 uint8 RGB array, got {pixels.shape} {pixels.dtype}")
     h, w = pixels.shape[:2]
@@ -113,9 +113,32 @@ def _working_copy(pixels: np.ndarray, size: int) -> np.ndarray:
             (max(round(w * scale), 1), max(round(h * scale), 1)), Image.Resampling.BOX
         )
         pixels = np.asarray(small)
-    copy = pixels.astype(np.float32)
-    copy /= 255  # in place: one array to allocate, not two
-    return copy
+    return pixels
+
+
+def _unit(levels: np.ndarray) -> np.ndarray:
+    """Levels as float32 in 0..1, the values every measure is taken on."""
+    values = levels.astype(np.float32)
+    values /= 255  # in place: one array to allocate, not two
+    return values
+
+
+_UNIT = _unit(np.arange(256, dtype=np.uint8))
+
+
+def _percentiles(levels: np.ndarray, *percents: float) -> list[float]:
+    """`np.percentile(_unit(levels), percents)` (linear interpolation) from a count of the
+    256 levels: one pass, where a partial sort takes several (a median is the 50th, which
+    can differ from np.median's float32 mean of the middle two in the last bits)."""
+    cumulative = np.cumsum(np.bincount(levels.ravel(), minlength=256))
+    last = int(cumulative[-1]) - 1
+    values = []
+    for percent in percents:
+        rank = last * percent / 100
+        below = math.floor(rank)
+        lower, upper = _UNIT[np.searchsorted(cumulative, (below, min(below + 1, last)), "right")]
+        values.append(float(lower) + (float(upper) - float(lower)) * (rank - below))
+    return values
 
 
 def _cross(mask: np.ndarray, combine: np.ufunc) -> np.ndarray:
@@ -146,7 +169,8 @@ def _dilate(mask: np.ndarray, iterations: int) -> np.ndarray:
 def _field(bright: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """The largest region above a level between the dark (`lo`) and bright (`hi`) ends,
     opened by two steps, holes filled."""
-    mask = _dilate(_erode(bright > lo + 0.15 * (hi - lo), 2), 2)
+    level = np.float64(lo + 0.15 * (hi - lo))  # compared in double: not rounded to float32
+    mask = _dilate(_erode(bright > level, 2), 2)
     labels, n = ndimage.label(mask)
     if n == 0:
         return mask
@@ -250,12 +274,41 @@ def _sharpness(green: np.ndarray, inner: np.ndarray) -> float:
     return float(min(spread) / (np.std(coarse[inner]) + 1e-6))
 
 
-def _features(img: np.ndarray, t: QualityThresholds) -> dict[str, float]:
+def _exposure(
+    bright: np.ndarray, red: np.ndarray, green: np.ndarray, blue: np.ndarray
+) -> dict[str, float]:
+    """Colour and exposure of the field, from its pixels' levels: the brightest of R, G
+    and B, then each channel."""
+    median, p2, p5, p95 = _percentiles(green, 50, 2, 5, 95)
+    red, green, blue = _unit(red), _unit(green), _unit(blue)
+    return {
+        "warmth": float(np.median((red - blue) / (red + 1e-3))),
+        "brightness": _percentiles(bright, 50)[0],
+        "clipped": float((green >= 0.94).mean()),
+        "green": median,
+        "floor": p2 / (median + 1e-3),
+        "contrast": float((p95 - p5) / (green.mean() + 1e-3)),
+    }
+
+
+def _occlusion(dark: np.ndarray, inner: np.ndarray, cx: float, cy: float) -> dict[str, float]:
+    """The share of the inner field that is `dark`, overall and in the worst of eight
+    sectors around the centre."""
+    ys, xs = np.nonzero(inner)
+    sector = ((np.arctan2(ys - cy, xs - cx) + math.pi) / (2 * math.pi) * 8).astype(int) % 8
+    per_sector = np.bincount(sector[dark[inner]], minlength=8) / np.maximum(
+        np.bincount(sector, minlength=8), 1
+    )
+    return {"dark": float(dark.sum() / max(len(ys), 1)), "sector_dark": float(per_sector.max())}
+
+
+def _features(levels: np.ndarray, t: QualityThresholds) -> dict[str, float]:
     """Every measure of the method, by name (see the module docstring)."""
-    h, w = img.shape[:2]
-    bright = np.maximum(np.maximum(img[..., 0], img[..., 1]), img[..., 2])  # max(axis=-1)
-    lo, view = np.percentile(bright, (2, 95))
-    f: dict[str, float] = {"view": float(view)}
+    h, w = levels.shape[:2]
+    brightest = np.maximum(np.maximum(levels[..., 0], levels[..., 1]), levels[..., 2])
+    bright = _unit(brightest)
+    lo, view = _percentiles(brightest, 2, 95)
+    f: dict[str, float] = {"view": view}
     mask = _field(bright, lo, view)
     area = int(mask.sum())
     f["fill"] = area / (h * w)
@@ -269,26 +322,12 @@ def _features(img: np.ndarray, t: QualityThresholds) -> dict[str, float]:
     f["outside"] = float((mask & (dist2 > (1.02 * r) ** 2)).sum() / area)
     f["field"] = float((mask & (dist2 <= r**2)).sum() / (h * w))
     f["offset"] = float(math.hypot(cx - w / 2, cy - h / 2) / min(h, w))
-    red, green, blue = img[..., 0][mask], img[..., 1][mask], img[..., 2][mask]
-    f["warmth"] = float(np.median((red - blue) / (red + 1e-3)))
-    median = float(np.median(bright[mask]))
-    f["brightness"] = median
-    f["clipped"] = float((green >= 0.94).mean())
-    f["green"] = float(np.median(green))
-    p2, p5, p95 = np.percentile(green, (2, 5, 95))
-    f["floor"] = float(p2 / (f["green"] + 1e-3))
-    f["contrast"] = float((p95 - p5) / (green.mean() + 1e-3))
+    f.update(_exposure(brightest[mask], *(levels[..., c][mask] for c in range(3))))
     inner = dist2 <= (0.85 * r) ** 2
-    dark = (bright < t.dark_level * median) & inner
-    f["dark"] = float(dark.sum() / max(inner.sum(), 1))
-    ys, xs = np.nonzero(inner)
-    sector = ((np.arctan2(ys - cy, xs - cx) + math.pi) / (2 * math.pi) * 8).astype(int) % 8
-    per_sector = np.bincount(sector[dark[ys, xs]], minlength=8) / np.maximum(
-        np.bincount(sector, minlength=8), 1
-    )
-    f["sector_dark"] = float(per_sector.max())
+    dark = (bright < t.dark_level * f["brightness"]) & inner
+    f.update(_occlusion(dark, inner, cx, cy))
     lit = _erode(mask & inner & ~dark, 4)
-    f["sharpness"] = _sharpness(img[..., 1], lit) if lit.sum() > 100 else 0.0
+    f["sharpness"] = _sharpness(_unit(levels[..., 1]), lit) if lit.sum() > 100 else 0.0
     return f
 
 
