@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import ndimage
 
+from mdf.imaging import quality
 from mdf.imaging.quality import QualityReason, QualityThresholds, assess
 from mdf.synthetic.degradations import MILD, NOT_FUNDUS, SEVERE
 from mdf.synthetic.fundus import generate_case
@@ -96,3 +98,38 @@ def test_synthetic_fundus_is_gradable_and_a_black_frame_is_not() -> None:
 def test_rejects_anything_but_rgb_uint8() -> None:
     with pytest.raises(ValueError, match="HxWx3 uint8"):
         assess(np.zeros((64, 64), np.uint8))
+
+
+# The assessment's fast paths compute what the reference routines of numpy and scipy do.
+
+
+def test_erosion_and_dilation_are_ndimage_s() -> None:
+    rng = np.random.default_rng(0)
+    for density in (0.3, 0.7, 0.95):
+        mask = ndimage.gaussian_filter(rng.random((61, 83)), 2) > 1 - density
+        mask[:, 0] = mask[-1] = True  # regions on the frame's edge
+        for steps in (1, 2, 4):
+            expected = ndimage.binary_erosion(mask, iterations=steps)
+            assert np.array_equal(quality._erode(mask, steps), expected)
+            expected = ndimage.binary_dilation(mask, iterations=steps)
+            assert np.array_equal(quality._dilate(mask, steps), expected)
+
+
+def test_bands_are_gaussian_filter_s(originals: list[np.ndarray]) -> None:
+    green = originals[0][100:300, 150:420, 1].astype(np.float32) / 255
+    blurred = [ndimage.gaussian_filter(green, sigma) for sigma in (0.7, 1.5, 6.0)]
+    fine, coarse = quality._bands(green)
+    np.testing.assert_allclose(fine, blurred[0] - blurred[1], atol=1e-6)
+    np.testing.assert_allclose(coarse, blurred[1] - blurred[2], atol=1e-6)
+    assert np.std(fine) > 1e-3 and np.std(coarse) > 1e-3  # not comparing noise to noise
+
+
+def test_percentiles_are_numpy_s() -> None:
+    rng = np.random.default_rng(1)
+    for size in (1, 2, 7, 1000, 1001):
+        levels = rng.integers(0, 256, size, dtype=np.uint8)
+        values = levels.astype(np.float32) / 255
+        percents = (2, 5, 50, 95)
+        expected = np.percentile(values, percents)
+        np.testing.assert_allclose(quality._percentiles(levels, *percents), expected, rtol=1e-12)
+        assert quality._percentiles(levels, 50)[0] == pytest.approx(np.median(values), abs=1e-7)
