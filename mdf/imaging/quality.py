@@ -227,10 +227,11 @@ def _bands(green: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The finest band (Gaussian blur at 0.7 px minus at 1.5 px) and the next (1.5 minus
     6 px), as scipy's `gaussian_filter` (mode "reflect") gives them, from one transform.
 
-    The widest kernel has 49 taps a side; in the frequency domain each band costs a product
-    and an inverse transform whatever the widths. The image is mirrored by the widest
-    radius, so that the transform's wrap-around reaches only the mirrored margin. Single
-    precision, in place where it can be: fewer and smaller temporaries to allocate.
+    The widest kernel has 49 taps along each axis; in the frequency domain each band costs
+    a product and an inverse transform whatever the widths. The image is mirrored by the
+    widest radius, so that the transform's wrap-around reaches only the mirrored margin.
+    In single precision (the bands agree with scipy's to about 1e-7): half the memory to
+    allocate and touch.
     """
     h, w = green.shape
     padded = np.pad(green, _RADIUS, mode="symmetric")
