@@ -153,9 +153,11 @@ def train(root: Path, entry: Path, training: dict[str, int]) -> None:
             "--config",
             str(config),
             MDF_MODEL_DIR=str(base),
-            # One thread: with other work on the two cores, two threads' spin-waits took
-            # 204 s for two epochs of this model against 28 s for one thread.
-            OMP_NUM_THREADS="1",
+            # Two threads unless told otherwise: a CPU's sums depend on the thread count, so
+            # every machine trains the same model. On two idle cores training took 118 s
+            # against about 180 on one; on busy cores two threads' spin-waits are far slower
+            # (204 s for two epochs against 28), so there run with OMP_NUM_THREADS=1.
+            OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"),
         )
         sessions = session_factory(f"sqlite:///{workspace / 'mdf.sqlite3'}")
         with sessions() as session:
