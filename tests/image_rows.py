@@ -64,6 +64,13 @@ def statuses(sessions: sessionmaker[Session]) -> dict[int, ImageStatus]:
         return dict(session.execute(sa.select(Image.id, Image.status)).all())
 
 
+def image_reasons(sessions: sessionmaker[Session]) -> dict[int, tuple[str | None, str | None]]:
+    """Each image's reason code and reason (None, None where it has none)."""
+    with sessions() as session:
+        rows = session.execute(sa.select(Image.id, Image.reason_code, Image.reason))
+        return {image_id: (code, reason) for image_id, code, reason in rows}
+
+
 def predictions_per_image(sessions: sessionmaker[Session]) -> dict[int, int]:
     with sessions() as session:
         rows = session.execute(

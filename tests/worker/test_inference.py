@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from fake_classifier import FakeLoader, write_jpeg
-from image_rows import predictions_per_image, promote, statuses
+from image_rows import image_reasons, predictions_per_image, promote, statuses
 from PIL import Image as PILImage
 from pipelines import make_pipeline
 from registered import add_files
@@ -22,12 +22,6 @@ from worker.serving import Classifier
 
 def _images(sessions: sessionmaker[Session], folder: Path, reds: list[int]) -> list[int]:
     return add_files(sessions, [write_jpeg(folder / f"{i}.jpg", red) for i, red in enumerate(reds)])
-
-
-def _reasons(sessions: sessionmaker[Session]) -> dict[int, tuple[str | None, str | None]]:
-    with sessions() as session:
-        rows = session.execute(sa.select(Image.id, Image.reason_code, Image.reason))
-        return {image_id: (code, reason) for image_id, code, reason in rows}
 
 
 def test_a_chunk_is_classified_in_one_batch_and_recorded(
@@ -80,7 +74,7 @@ def test_unusable_images_fail_alone_with_their_reasons(
     assert pipeline.server.current().classifier.batches == [2]  # the rest went on together
     assert outcome.written == [*good, black]
     assert set(outcome.failed) == {text, missing}
-    reasons = _reasons(sessions)
+    reasons = image_reasons(sessions)
     assert reasons[text][0] == "not_an_image"
     assert reasons[missing][0] == "unreadable" and "No such file" in (reasons[missing][1] or "")
     assert statuses(sessions) == {
@@ -98,7 +92,7 @@ def test_an_image_that_breaks_the_forward_pass_fails_alone(
     outcome = pipeline.run(ids)
     assert pipeline.server.current().classifier.batches == [3, 1, 1, 1]
     assert outcome.written == [ids[0], ids[2]]
-    assert _reasons(sessions)[ids[1]] == (
+    assert image_reasons(sessions)[ids[1]] == (
         "inference_error",
         "RuntimeError: CUDA error: an illegal memory access was encountered",
     )
@@ -204,7 +198,7 @@ def test_an_unexpected_error_fails_the_claimed_images_with_its_reason(
     monkeypatch.setattr(worker.inference, "save_masks", full_disk)
     with pytest.raises(RuntimeError):
         make_pipeline(sessions, tmp_path, fake_loader).run([*ids, done])
-    reasons = _reasons(sessions)
+    reasons = image_reasons(sessions)
     for image_id in ids:
         assert reasons[image_id] == ("worker_error", "RuntimeError: no space left for masks")
     assert statuses(sessions)[done] is ImageStatus.DONE
@@ -221,7 +215,7 @@ def test_an_image_that_keeps_killing_workers_is_failed_before_it_is_loaded(
     outcome = pipeline.run([worn, fresh])
     assert outcome.written == [fresh]
     assert pipeline.server.current().classifier.batches == [1]
-    assert _reasons(sessions)[worn][0] == "too_many_attempts"
+    assert image_reasons(sessions)[worn][0] == "too_many_attempts"
 
 
 def test_the_tiny_model_classifies_photographs_and_dicom(

@@ -14,15 +14,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-import sqlalchemy as sa
 from fake_classifier import FakeClassifier, FakeResult, write_jpeg
-from image_rows import predictions_per_image, statuses
+from image_rows import image_reasons, predictions_per_image, statuses
 from pipelines import make_pipeline
 from registered import add_files
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.lifecycle import ImageStatus
-from db.models import Image
 from mdf.settings import Settings
 from worker.inference import Pipeline, ready_in_order
 
@@ -73,12 +71,6 @@ def _overlapping(sessions: sessionmaker[Session], tmp_path: Path, loader: GatedL
     return dataclasses.replace(make_pipeline(sessions, tmp_path, loader), overlap=True)
 
 
-def _reasons(sessions: sessionmaker[Session]) -> dict[int, tuple[str | None, str | None]]:
-    with sessions() as session:
-        rows = session.execute(sa.select(Image.id, Image.reason_code, Image.reason))
-        return {image_id: (code, reason) for image_id, code, reason in rows}
-
-
 def test_the_model_starts_before_the_chunk_is_prepared(
     sessions: sessionmaker[Session], tmp_path: Path, two_cores: None
 ) -> None:
@@ -111,7 +103,7 @@ def test_failures_in_a_later_batch_stay_with_their_images(
     outcome = _overlapping(sessions, tmp_path, loader).run(ids)
     assert loader.classifier.batches[0] == 2
     assert outcome.written == [*ids[:3], ids[5]]
-    reasons = _reasons(sessions)
+    reasons = image_reasons(sessions)
     assert reasons[ids[3]][0] == "not_an_image"
     assert reasons[ids[4]] == (
         "inference_error",
