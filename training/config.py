@@ -64,6 +64,15 @@ class VesselStage(BaseModel):
     bf16: bool = True
 
 
+class Augmentation(BaseModel):
+    """Random flips of each training image in the joint loop (augment.py says why); the
+    vessel stage has its own patches, turns and colour jitter."""
+
+    model_config = ConfigDict(extra="forbid")
+    horizontal_flip: bool = True
+    vertical_flip: bool = True
+
+
 class PromotionRule(BaseModel):
     model_config = ConfigDict(extra="forbid")
     metric: Literal["accuracy", "macro_f1", "auroc"] = "accuracy"
@@ -106,6 +115,7 @@ class TrainConfig(BaseModel):
     )
     seg_loss_weight: float | None = Field(default=None, description="default: the model's")
     vessels: VesselStage = Field(default_factory=VesselStage)
+    augment: Augmentation = Field(default_factory=Augmentation)
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
     eval_fraction: float = Field(default=0.25, gt=0, lt=1)
     validation_fraction: float = Field(default=0.2, gt=0, lt=1)

@@ -35,7 +35,7 @@ import structlog
 import torch
 from tqdm import tqdm
 
-from training import distributed, lora, vessels
+from training import augment, distributed, lora, vessels
 from training import state as saved
 from training.config import EarlyStopping, TrainConfig
 
@@ -231,6 +231,7 @@ class Trainer:
             apply_strategy(self.model, self.config.strategy)  # set_frozen reset it
 
     def _losses(self, inputs, targets: Sequence[str], indices: np.ndarray) -> object:
+        """The model's losses on ``inputs[i]`` for i in ``indices`` (a sequence or a mapping)."""
         batch = [inputs[i] for i in indices]
         model_inputs = self.classifier.training_inputs(batch, [targets[i] for i in indices])
         with _autocast(self.config, self.device):
@@ -245,8 +246,9 @@ class Trainer:
         progress = tqdm(steps, disable=not sys.stderr.isatty(), leave=False, desc="train")
         self.optimizer.zero_grad(set_to_none=True)
         for step, indices in enumerate(progress, start=1):
+            batch = augment.randomly_flipped(inputs, indices, rng, self.config.augment)
             share = self.engine.share(indices)
-            output = self._losses(inputs, targets, share.indices)
+            output = self._losses(batch, targets, share.indices)
             (output.loss * share.weight / self.config.grad_accumulation).backward()
             if step % self.config.grad_accumulation == 0 or step == len(steps):
                 self.optimizer.step()

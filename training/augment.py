@@ -1,0 +1,90 @@
+"""Random flips of the training images in the joint loop.
+
+A fine-tune sees each photograph once per epoch, and on a small set the model learns the
+photographs rather than the disease: on the tiny preset's 96 synthetic training images the
+training answer loss fell to 0.08 while the validation one stayed at 0.30 (held-out accuracy
+0.775). A fundus sign means the same mirrored left to right (the other eye's anatomy) or top
+to bottom, so each step flips each image at random, both ways independently.
+
+The flips act on the prepared tensors, not on the photograph, so an epoch costs no new decode
+or resize: the U-Net input and its reference mask are flipped whole, and the vision tower's
+tiles are put back together into the processor's canvas (tiles in row-major order over the
+canvas's rows and columns, as Mllama's processor splits it), flipped and split again. The
+canvas's padding moves with the flip.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from transformers.models.mllama.image_processing_mllama import get_all_supported_aspect_ratios
+
+from mdf_model import PreparedInput
+from training.config import Augmentation
+
+__all__ = ["flipped", "randomly_flipped"]
+
+
+def _flip_canvas(
+    pixel_values: torch.Tensor, aspect_ratio_id: int, dims: tuple[int, ...]
+) -> torch.Tensor:
+    """(1, slots, C, h, w) tiles of one image -> the same with their canvas flipped on
+    ``dims`` (-1 left-right, -2 top-bottom); the unused slots stay as they are."""
+    slots = pixel_values.shape[1]
+    rows, cols = get_all_supported_aspect_ratios(slots)[aspect_ratio_id - 1]
+    used = rows * cols
+    _, _, channels, height, width = pixel_values.shape
+    canvas = (
+        pixel_values[0, :used]
+        .view(rows, cols, channels, height, width)
+        .permute(2, 0, 3, 1, 4)
+        .reshape(channels, rows * height, cols * width)
+        .flip(dims)
+    )
+    tiles = (
+        canvas.view(channels, rows, height, cols, width)
+        .permute(1, 3, 0, 2, 4)
+        .reshape(used, channels, height, width)
+    )
+    out = pixel_values.clone()
+    out[0, :used] = tiles
+    return out
+
+
+def flipped(item: PreparedInput, *, horizontal: bool, vertical: bool) -> PreparedInput:
+    """``item`` with its photograph mirrored left to right and/or top to bottom."""
+    dims = tuple(dim for dim, flip in ((-1, horizontal), (-2, vertical)) if flip)
+    if not dims:
+        return item
+    return dataclasses.replace(
+        item,
+        pixel_values=_flip_canvas(item.pixel_values, int(item.aspect_ratio_ids[0]), dims),
+        unet_pixels=None if item.unet_pixels is None else item.unet_pixels.flip(dims),
+        seg_target=None if item.seg_target is None else item.seg_target.flip(dims),
+    )
+
+
+def randomly_flipped(
+    inputs: Sequence[PreparedInput],
+    indices: np.ndarray,
+    rng: np.random.Generator,
+    augmentation: Augmentation,
+) -> Mapping[int, PreparedInput]:
+    """The batch ``indices`` of ``inputs``, each flipped as ``augmentation`` allows with
+    probability 1/2 per direction. The draws are made for the whole batch from the loop's
+    generator, so every rank of a sharded run flips the same images the same way; with
+    both flips off nothing is drawn."""
+    if not (augmentation.horizontal_flip or augmentation.vertical_flip):
+        return {int(index): inputs[index] for index in indices}
+    draws = rng.random((len(indices), 2)) < 0.5
+    return {
+        int(index): flipped(
+            inputs[index],
+            horizontal=augmentation.horizontal_flip and bool(left_right),
+            vertical=augmentation.vertical_flip and bool(top_bottom),
+        )
+        for index, (left_right, top_bottom) in zip(indices, draws, strict=True)
+    }
