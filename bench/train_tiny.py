@@ -30,14 +30,23 @@ from training.run import score, train_on
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=160, help="labelled images in all")
+    # 320 images for 8 epochs generalised better than 160 for 16 (seed 0: 0.938 against 0.825
+    # in a trial), and the 80 held out give the accuracy in steps of 1.25%, not 2.5%.
+    parser.add_argument("--images", type=int, default=320, help="labelled images in all")
     parser.add_argument("--size", type=int, default=256, help="side of the synthetic images")
     parser.add_argument("--with-text", type=int, choices=(0, 1), default=0)
-    parser.add_argument("--epochs", type=int, default=12)
-    # Batches of 2: on a CPU's budget, steps are what the image path needs to learn.
-    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=10)
+    # Batches of 4 took 25% less time per epoch than batches of 2, and learnt as well.
+    parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument(
-        "--min-epochs", type=int, default=12, help="no early stopping before this epoch"
+        "--min-epochs", type=int, default=10, help="no early stopping before this epoch"
+    )
+    parser.add_argument(
+        "--mllm-lr",
+        type=float,
+        default=2e-4,
+        help="the language model's learning rate; the tiny one learns its answer from scratch, "
+        "and at mdf train's default (1e-3) it often stayed at the label prior (as in the demo)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -62,6 +71,7 @@ def main() -> None:
             epochs=args.epochs,
             batch_size=args.batch_size,
             early_stopping=EarlyStopping(min_epochs=args.min_epochs),
+            learning_rates=TrainConfig().learning_rates | {"mllm": args.mllm_lr},
             seed=args.seed,
             vessels=VesselStage(steps=args.vessel_steps),
         )

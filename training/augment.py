@@ -1,10 +1,10 @@
-"""Random flips of the training images in the joint loop.
+"""Random flips of the training images in the joint loop, when the configuration asks.
 
-A fine-tune sees each photograph once per epoch, and on a small set the model learns the
-photographs rather than the disease: on the tiny preset's 96 synthetic training images the
-training answer loss fell to 0.08 while the validation one stayed at 0.30 (held-out accuracy
-0.775). A fundus sign means the same mirrored left to right (the other eye's anatomy) or top
-to bottom, so each step flips each image at random, both ways independently.
+A fundus sign means the same mirrored left to right (the other eye's anatomy) or top to
+bottom, so a fine-tune that learns its few photographs rather than the disease (training
+answer loss far below the validation one) can be given each image flipped at random, both
+ways independently, at every step. It is off by default: on the CPU's short runs of the tiny
+preset it slowed learning and did not raise held-out accuracy (the README has the figures).
 
 The flips act on the prepared tensors, not on the photograph, so an epoch costs no new decode
 or resize: the U-Net input and its reference mask are flipped whole, and the vision tower's
