@@ -23,7 +23,14 @@ from transformers import ProcessorMixin
 
 from mdf_model.unet import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["IGNORE_INDEX", "ModelInputs", "PreparedInput", "collate", "prepare_input"]
+__all__ = [
+    "IGNORE_INDEX",
+    "ModelInputs",
+    "PreparedInput",
+    "collate",
+    "prepare_input",
+    "unet_frame",
+]
 
 IGNORE_INDEX = -100
 MIN_IMAGE_SIDE = 32
@@ -168,6 +175,16 @@ def _seg_target(
     out[: len(resized)] = torch.from_numpy(np.stack(resized) > 127).float()
     valid = torch.arange(channels) < len(resized)
     return out, valid
+
+
+def unet_frame(
+    image: np.ndarray, mask: np.ndarray, size: int, channels: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """An (H, W, 3) uint8 photograph and its (H, W) or (H, W, C) mask in the U-Net's frame,
+    letterboxed exactly as `prepare_input` does: (3, N, N) normalised pixels, the (C, N, N)
+    target in {0, 1} and the (C,) channels it gives. For training the U-Net on its own."""
+    target, valid = _seg_target(mask, image.shape, channels, size)
+    return _unet_pixels(Image.fromarray(image), size), target, valid
 
 
 def prepare_input(

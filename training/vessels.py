@@ -33,10 +33,9 @@ import numpy as np
 import structlog
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from sklearn import metrics
 
-from mdf_model.inputs import _seg_target, _unet_pixels
+from mdf_model.inputs import unet_frame
 from mdf_model.unet import IMAGENET_MEAN, IMAGENET_STD, FundusUNet
 from training.config import TrainConfig, VesselStage
 
@@ -62,8 +61,7 @@ class SegExample:
 def seg_example(image: np.ndarray, mask: np.ndarray, size: int, channels: int) -> SegExample:
     """An (H, W, 3) uint8 photograph and its (H, W) or (H, W, C) mask, letterboxed to the
     U-Net's ``size`` exactly as `mdf_model.inputs.prepare_input` does for the model."""
-    target, valid = _seg_target(mask, image.shape, channels, size)
-    return SegExample(_unet_pixels(Image.fromarray(image), size), target, valid)
+    return SegExample(*unet_frame(image, mask, size, channels))
 
 
 def _normaliser(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
