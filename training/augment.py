@@ -69,22 +69,24 @@ def flipped(item: PreparedInput, *, horizontal: bool, vertical: bool) -> Prepare
 
 def randomly_flipped(
     inputs: Sequence[PreparedInput],
-    indices: np.ndarray,
+    batch: np.ndarray,
+    taken: np.ndarray,
     rng: np.random.Generator,
     augmentation: Augmentation,
 ) -> Mapping[int, PreparedInput]:
-    """The batch ``indices`` of ``inputs``, each flipped as ``augmentation`` allows with
-    probability 1/2 per direction. The draws are made for the whole batch from the loop's
-    generator, so every rank of a sharded run flips the same images the same way; with
-    both flips off nothing is drawn."""
+    """The examples ``taken`` (a rank's share of the global ``batch``; all of it in one
+    process), each flipped as ``augmentation`` allows with probability 1/2 per direction.
+    The draws are made for the whole batch from the loop's generator, so every rank of a
+    sharded run draws alike and flips only its own images; with both flips off nothing is
+    drawn."""
     if not (augmentation.horizontal_flip or augmentation.vertical_flip):
-        return {int(index): inputs[index] for index in indices}
-    draws = rng.random((len(indices), 2)) < 0.5
+        return {int(index): inputs[index] for index in taken}
+    draws = dict(zip(batch.tolist(), rng.random((len(batch), 2)) < 0.5, strict=True))
     return {
-        int(index): flipped(
+        index: flipped(
             inputs[index],
-            horizontal=augmentation.horizontal_flip and bool(left_right),
-            vertical=augmentation.vertical_flip and bool(top_bottom),
+            horizontal=augmentation.horizontal_flip and bool(draws[index][0]),
+            vertical=augmentation.vertical_flip and bool(draws[index][1]),
         )
-        for index, (left_right, top_bottom) in zip(indices, draws, strict=True)
+        for index in taken.tolist()
     }

@@ -246,8 +246,10 @@ class Trainer:
         progress = tqdm(steps, disable=not sys.stderr.isatty(), leave=False, desc="train")
         self.optimizer.zero_grad(set_to_none=True)
         for step, indices in enumerate(progress, start=1):
-            batch = augment.randomly_flipped(inputs, indices, rng, self.config.augment)
             share = self.engine.share(indices)
+            batch = augment.randomly_flipped(
+                inputs, indices, share.indices, rng, self.config.augment
+            )
             output = self._losses(batch, targets, share.indices)
             (output.loss * share.weight / self.config.grad_accumulation).backward()
             if step % self.config.grad_accumulation == 0 or step == len(steps):

@@ -64,13 +64,13 @@ def test_only_the_allowed_flips_are_drawn() -> None:
     rng = np.random.default_rng(0)
 
     off = randomly_flipped(
-        inputs, indices, rng, Augmentation(horizontal_flip=False, vertical_flip=False)
+        inputs, indices, indices, rng, Augmentation(horizontal_flip=False, vertical_flip=False)
     )
     assert all(out is item for out in off.values())
     assert rng.bit_generator.state == np.random.default_rng(0).bit_generator.state
 
     left_right = flipped(item, horizontal=True, vertical=False)
-    out = randomly_flipped(inputs, indices, rng, Augmentation(horizontal_flip=True))
+    out = randomly_flipped(inputs, indices, indices, rng, Augmentation(horizontal_flip=True))
     same = [torch.equal(o.unet_pixels, item.unet_pixels) for o in out.values()]
     mirrored = [torch.equal(o.unet_pixels, left_right.unet_pixels) for o in out.values()]
     assert all(s or m for s, m in zip(same, mirrored, strict=True))
@@ -96,3 +96,14 @@ def test_the_joint_loop_trains_on_flipped_images_when_told_to(tiny_checkpoint: P
         tiny_checkpoint, Augmentation(horizontal_flip=True, vertical_flip=True)
     )
     assert flipping["seg_loss"] != pytest.approx(plain["seg_loss"], rel=1e-4)
+
+
+def test_a_rank_flips_its_share_as_the_whole_batch_would() -> None:
+    image, mask = _photograph(TILE, TILE)
+    inputs = [_prepared(image, mask, 1)] * 16
+    batch, both = np.arange(16), Augmentation(horizontal_flip=True, vertical_flip=True)
+    whole = randomly_flipped(inputs, batch, batch, np.random.default_rng(3), both)
+    share = randomly_flipped(inputs, batch, batch[8:], np.random.default_rng(3), both)
+    assert sorted(share) == list(range(8, 16))
+    assert all(torch.equal(share[i].pixel_values, whole[i].pixel_values) for i in share)
+    assert len({whole[i].pixel_values.numpy().tobytes() for i in whole}) > 1  # not all alike
