@@ -5,8 +5,11 @@ JPEG by default) goes through the worker's own ``preprocess`` and ``classify`` w
 model, alternately in one pass once all are prepared (what a worker does with its model on
 the CPU) and overlapped (the model on each batch of images ready, in order, while the pool
 prepares the next: what a worker does with its model on a GPU). Wall-clock ms per image,
-the median of ``--rounds`` chunks each, with the passes the overlap made. On the CPU the
-model and the pool share the cores, and the passes of a split chunk cost more than one.
+the median of ``--rounds`` chunks each: the whole chunk, the model's passes, and the
+preprocessing left exposed (the chunk's time outside the model), with the passes the overlap
+made. On the CPU the model and the pool share the cores and the GIL: overlapped, little
+preprocessing is exposed, but the model's passes take longer. bench/gpu.py runs the same
+comparison with the 11B model on a GPU.
 
     python bench/overlap.py [--rounds 3] [--chunk-size 16] [--kind 3504x2336-jpeg]
                             [--threads 1] [--device cpu]
@@ -49,9 +52,11 @@ def claimed(paths: Sequence[Path]) -> list[ClaimedImage]:
 
 def chunk(
     images: list[ClaimedImage], classifier: Classifier, overlap: bool
-) -> tuple[float, list[int]]:
-    """Wall-clock ms per image of one chunk, preprocessing and model, and its passes."""
+) -> tuple[float, float, list[int]]:
+    """Wall-clock ms per image of one chunk, preprocessing and model, the model's share of
+    it (its passes' ms per image) and its passes."""
     passes = []
+    model_s = 0.0
     start = time.perf_counter()
     for ready, _failed in preprocess(
         images,
@@ -62,9 +67,31 @@ def chunk(
         quality=QualityThresholds(),
         overlap=overlap,
     ):
+        began = time.perf_counter()
         classify(classifier, [item for item in ready if item.input is not None], max_new_tokens=16)
+        model_s += time.perf_counter() - began
         passes.append(len(ready))
-    return (time.perf_counter() - start) * 1000 / len(images), passes
+    elapsed_s = time.perf_counter() - start
+    return elapsed_s * 1000 / len(images), model_s * 1000 / len(images), passes
+
+
+def compare(classifier: Classifier, images: list[ClaimedImage], rounds: int) -> dict[str, str]:
+    """``name: value`` pairs, medians over ``rounds`` chunks of each way in ms per image: the
+    whole chunk, the model's passes, and what is left exposed of preprocessing (the chunk's
+    time outside the model) with its share of the chunk; and the overlap's passes."""
+    chunk(images, classifier, overlap=False)  # warm up
+    results: dict[str, str] = {}
+    for overlap, name in ((False, "one_pass"), (True, "overlapped")):
+        runs = [chunk(images, classifier, overlap) for _ in range(rounds)]
+        total = statistics.median(ms for ms, _, _ in runs)
+        exposed = statistics.median(ms - model for ms, model, _ in runs)
+        model = statistics.median(model for _, model, _ in runs)
+        results[f"{name}_ms_per_image"] = f"{total:.1f}"
+        results[f"{name}_model_ms_per_image"] = f"{model:.1f}"
+        results[f"{name}_exposed_preprocessing_ms_per_image"] = f"{exposed:.1f}"
+        results[f"{name}_exposed_preprocessing_share"] = f"{exposed / total:.3f}"
+    results["overlapped_passes"] = str([passes for _, _, passes in runs])
+    return results
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -85,17 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         work = Path(tmp)
         classifier = load_classifier(build_tiny_checkpoint(work / "checkpoint"), args.device)
         images = claimed(write_photographs(work / "photographs", args.kind, args.chunk_size))
-        chunk(images, classifier, overlap=False)  # warm up
-        times: dict[bool, list[float]] = {False: [], True: []}
-        for _ in range(args.rounds):
-            for overlap in (False, True):
-                ms, passes = chunk(images, classifier, overlap)
-                times[overlap].append(ms)
-                if overlap:
-                    print(f"overlapped_passes: {passes}")
-    for overlap, name in ((False, "one_pass"), (True, "overlapped")):
-        print(f"{name}_ms_per_image: {statistics.median(times[overlap]):.1f}")
-        print(f"{name}_ms_per_image_all: {[round(ms, 1) for ms in times[overlap]]}")
+        for name, value in compare(classifier, images, args.rounds).items():
+            print(f"{name}: {value}")
     return 0
 
 
