@@ -31,7 +31,7 @@ from time_split import KINDS, write_photographs  # bench/time_split.py, beside t
 from db.lifecycle import ClaimedImage
 from db.stored_path import to_stored
 from mdf.imaging.quality import QualityThresholds
-from worker.inference import classify, preprocess
+from worker.inference import classify, preprocess, usable_cpus
 from worker.serving import Classifier
 
 
@@ -66,6 +66,7 @@ def chunk(
         max_bytes=100_000_000,
         quality=QualityThresholds(),
         overlap=overlap,
+        threads=usable_cpus(),
     ):
         began = time.perf_counter()
         classify(classifier, [item for item in ready if item.input is not None], max_new_tokens=16)

@@ -54,7 +54,7 @@ from mdf.imaging.quality import assess
 from mdf.settings import Settings
 from mdf.synthetic.fundus import generate_case
 from worker.content import read_registered
-from worker.inference import decode_side
+from worker.inference import decode_side, usable_cpus
 from worker.masks import ImageMask, save_masks
 from worker.screening import quality_thresholds
 
@@ -173,7 +173,7 @@ def split(
     decode_share = (steps["read"] + steps["decode"]) / sum(
         steps[step] for step in ("read", "decode", "assess", "prepare")
     )
-    threads = min(args.chunk_size, os.cpu_count() or 1)
+    threads = min(args.chunk_size, usable_cpus())
     stages = {
         "decode": worker["preprocess_wait_ms"] * decode_share,
         "preprocessing": worker["preprocess_wait_ms"] * (1 - decode_share),
@@ -190,7 +190,7 @@ def split(
 
 def report(splits: Sequence[Split], args: argparse.Namespace) -> None:
     print(
-        f"tiny model on the CPU, one worker, chunk size {args.chunk_size}, {os.cpu_count()} "
+        f"tiny model on the CPU, one worker, chunk size {args.chunk_size}, {usable_cpus()} "
         f"cores, {args.threads} torch thread(s); wall-clock ms per image: end to end, and each "
         "stage's exposed time (share of the end-to-end time); hidden: preprocessing under the model"
     )

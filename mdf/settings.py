@@ -64,6 +64,13 @@ class Settings(BaseSettings):
         default=None, description="File holding the password of MDF_BROKER_URL (Docker secrets)."
     )
     chunk_size: int = Field(default=16, ge=1, le=1024, description="Images per inference task.")
+    preprocess_threads: int = Field(
+        default=0,
+        ge=0,
+        le=1024,
+        description="Threads a worker prepares a chunk's images in; 0: one per CPU it may run "
+        "on. Workers sharing a host's CPUs (one per GPU) each want their share.",
+    )
     requeue_after_s: int = Field(
         default=3600, ge=1, description="Queued or processing images older than this are re-sent."
     )

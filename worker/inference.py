@@ -129,12 +129,13 @@ def preprocess(
     max_bytes: int,
     quality: QualityThresholds,
     overlap: bool,
+    threads: int,
 ) -> Iterator[tuple[list[Prepared], dict[int, Failure]]]:
     """Read, verify, decode, assess and prepare each image; one that fails is set aside
     with its reason. The bytes decoded are the bytes hashed: nothing else is read in
     between.
 
-    Every image is submitted at once to a pool of threads, one per CPU: decoding,
+    Every image is submitted at once to a pool of ``threads`` threads: decoding,
     resampling and the gradability measures run in Pillow, numpy and scipy, which release
     the GIL. With ``overlap`` the images are handed out in order in batches as they are
     ready (see ``ready_in_order``), for the caller to run the model on each while the pool
@@ -164,7 +165,7 @@ def preprocess(
         elapsed = (time.perf_counter() - start) * 1000
         return Prepared(image, model_input, elapsed, decoded.size, assessed)
 
-    threads = min(len(images), os.cpu_count() or 1) or 1
+    threads = max(min(len(images), threads), 1)
     with ThreadPoolExecutor(max_workers=threads) as pool:
         futures = [pool.submit(one, image) for image in images]
         try:
@@ -176,6 +177,14 @@ def preprocess(
         finally:  # should the caller stop early (an error), start no further image
             for future in futures:
                 future.cancel()
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (taskset, a container's cpuset), not the host's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def _split(
@@ -314,6 +323,7 @@ class Pipeline:
     # a chunk split into passes costs the model more than the overlap saves (measured: the
     # tiny model's chunks of 16 photographs on two shared cores took 2 to 40% longer).
     overlap: bool = False
+    threads: int = field(default_factory=usable_cpus)  # the pool preparing a chunk's images
 
     @classmethod
     def from_settings(
@@ -337,6 +347,7 @@ class Pipeline:
             worker=worker,
             quality=quality_thresholds(settings.quality),
             overlap=settings.device != "cpu",
+            threads=settings.preprocess_threads or usable_cpus(),
             referral_defaults={
                 label: settings.referral_threshold(label) for label in settings.referable_labels
             },
@@ -426,6 +437,7 @@ class Pipeline:
             max_bytes=self.max_file_bytes,
             quality=self.quality,
             overlap=self.overlap,
+            threads=self.threads,
         ):
             start = time.perf_counter()
             waited_ms += (start - clock) * 1000

@@ -60,19 +60,14 @@ class GatedLoader:
         return self.classifier
 
 
-@pytest.fixture
-def two_cores(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A pool of two threads, whatever the machine: a chunk longer than the pool."""
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
-
-
 def _overlapping(sessions: sessionmaker[Session], tmp_path: Path, loader: GatedLoader) -> Pipeline:
-    """The pipeline of a worker whose model is off the CPU."""
-    return dataclasses.replace(make_pipeline(sessions, tmp_path, loader), overlap=True)
+    """The pipeline of a worker whose model is off the CPU, with a pool of two threads
+    whatever the machine: a chunk longer than the pool."""
+    return dataclasses.replace(make_pipeline(sessions, tmp_path, loader), overlap=True, threads=2)
 
 
 def test_the_model_starts_before_the_chunk_is_prepared(
-    sessions: sessionmaker[Session], tmp_path: Path, two_cores: None
+    sessions: sessionmaker[Session], tmp_path: Path
 ) -> None:
     """The third picture is prepared only after the first pass began: without the
     overlap it would wait for a model that waits for it, and fail."""
@@ -88,7 +83,7 @@ def test_the_model_starts_before_the_chunk_is_prepared(
 
 
 def test_failures_in_a_later_batch_stay_with_their_images(
-    sessions: sessionmaker[Session], tmp_path: Path, two_cores: None
+    sessions: sessionmaker[Session], tmp_path: Path
 ) -> None:
     """After the first pass (the first two pictures: the third waits for it), a file that
     is not a picture and a picture that breaks the forward pass fail alone, with their
@@ -136,3 +131,13 @@ def test_preprocessing_overlaps_the_model_only_off_the_cpu(device: str, overlap:
         Settings(device=device), sessions=sessionmaker(), server=None, worker="w1@host"
     )
     assert pipeline.overlap is overlap
+
+
+@pytest.mark.parametrize(
+    ("setting", "threads"), [(0, len(os.sched_getaffinity(0))), (3, 3), (1, 1)]
+)
+def test_the_pool_has_a_thread_per_usable_cpu_unless_set(setting: int, threads: int) -> None:
+    pipeline = Pipeline.from_settings(
+        Settings(preprocess_threads=setting), sessions=sessionmaker(), server=None, worker="w"
+    )
+    assert pipeline.threads == threads

@@ -57,12 +57,12 @@ def _claimed(paths: list[Path]) -> list[ClaimedImage]:
 
 
 def _preprocess_all(
-    images: list[ClaimedImage], classifier: Classifier, **limits: Any
+    images: list[ClaimedImage], classifier: Classifier, threads: int = 2, **limits: Any
 ) -> tuple[list[Prepared], dict[int, Failure]]:
     """Every batch ``preprocess`` hands out as they are ready, joined."""
     prepared: list[Prepared] = []
     failures: dict[int, Failure] = {}
-    for ready, failed in preprocess(images, classifier, overlap=True, **limits):
+    for ready, failed in preprocess(images, classifier, overlap=True, threads=threads, **limits):
         prepared += ready
         failures |= failed
     return prepared, failures
@@ -87,25 +87,33 @@ def test_a_large_jpeg_is_decoded_reduced_and_its_masks_keep_its_size(
             assert read_mask(mask).shape == (size[1], size[0])
 
 
-def test_a_chunks_images_are_prepared_at_the_same_time(
-    tmp_path: Path, fake_loader: FakeLoader
+@pytest.mark.parametrize("threads", [1, 3])
+def test_a_chunks_images_are_prepared_in_as_many_threads_as_asked(
+    tmp_path: Path, fake_loader: FakeLoader, threads: int
 ) -> None:
-    """Two images meet inside ``prepare``: only threads running side by side can."""
-    if (os.cpu_count() or 1) < 2:
-        pytest.skip("one CPU: the pool has one thread")
+    """Three images meet inside ``prepare`` only in a pool of three threads; in a pool of
+    one, one thread prepares them all."""
     classifier = fake_loader(tmp_path / "base", vision_tiles=1)
-    barrier = threading.Barrier(2, timeout=30)
-    classifier.on_prepare = barrier.wait
-    paths = [write_jpeg(tmp_path / f"{i}.jpg", 100 + i) for i in range(2)]
+    barrier = threading.Barrier(threads, timeout=30)
+    preparing: set[int] = set()
+
+    def meet() -> None:
+        preparing.add(threading.get_ident())
+        barrier.wait()
+
+    classifier.on_prepare = meet
+    paths = [write_jpeg(tmp_path / f"{i}.jpg", 100 + i) for i in range(3)]
     prepared, failures = _preprocess_all(
         _claimed(paths),
         classifier,
+        threads,
         max_pixels=10_000_000,
         max_frames=1,
         max_bytes=1_000_000,
         quality=QualityThresholds(),
     )
-    assert failures == {} and [item.image.id for item in prepared] == [0, 1]
+    assert failures == {} and [item.image.id for item in prepared] == [0, 1, 2]
+    assert len(preparing) == threads
 
 
 def test_threads_prepare_what_one_thread_does_and_failures_stay_per_image(
