@@ -13,6 +13,7 @@ MllamaProcessor does, so padding and any text before the image see no image.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 from transformers import ProcessorMixin
+from transformers.image_utils import ChannelDimension
 
 from mdf_model.unet import IMAGENET_MEAN, IMAGENET_STD
 
@@ -122,7 +124,9 @@ def _check_image(image: np.ndarray) -> None:
             f"image is {image.shape[1]}x{image.shape[0]} pixels; need at least "
             f"{MIN_IMAGE_SIDE} on each side (empty or not a fundus photograph)"
         )
-    sample = image[::4, ::4]  # enough pixels to judge, cheap for large photographs
+    # Enough pixels to judge, cheap for large photographs; copied to float32 once, which
+    # takes half the time numpy's float64 mean and std of the strided view do.
+    sample = image[::4, ::4].astype(np.float32)
     if float(sample.mean()) < MIN_MEAN_BRIGHTNESS or float(sample.std()) < MIN_CONTRAST:
         raise ValueError(
             "image is blank (nearly black or one flat colour): no retina visible "
@@ -137,11 +141,66 @@ def _letterbox(
     reducing_gap: float | None = None,
 ) -> Image.Image:
     """Centre on a black square (the fundus background) and resize: no distortion.
-    ``reducing_gap``: Pillow's, see UNET_REDUCING_GAP."""
+    ``reducing_gap``: Pillow's, see UNET_REDUCING_GAP.
+
+    The pixels are those Pillow gives for that square, without box-averaging its black nor,
+    for a landscape or square photograph, filtering its black rows across (a third of a 3:2
+    photograph's square): 2.4 ms instead of 3.5 for a 1752 x 1168 photograph at 128 px, 10.6
+    instead of 15.2 at 512.
+    """
     side = max(image.size)
-    square = Image.new(image.mode, (side, side))
-    square.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
-    return square.resize((size, size), resample, reducing_gap=reducing_gap)
+    left, top = (side - image.width) // 2, (side - image.height) // 2
+    factor = 1
+    if reducing_gap is not None and resample != Image.Resampling.NEAREST:
+        factor = int(side / size / reducing_gap)
+    extent: float = side  # the square's side in the pixels of ``image``, once reduced
+    if factor > 1:
+        # Pillow box-averages the square in blocks counted from its corner (partial ones at
+        # its far edges): the blocks around the picture are black, so average the picture
+        # alone on that grid, padded with black to whole blocks where it is off the grid.
+        x0, y0 = left - left % factor, top - top % factor
+        x1 = min(math.ceil((left + image.width) / factor) * factor, side)
+        y1 = min(math.ceil((top + image.height) / factor) * factor, side)
+        if (x0, y0, x1, y1) != (left, top, left + image.width, top + image.height):
+            blocks = Image.new(image.mode, (x1 - x0, y1 - y0))
+            blocks.paste(image, (left - x0, top - y0))
+            image = blocks
+        image, left, top, extent = image.reduce(factor), x0 // factor, y0 // factor, side / factor
+    pixels = math.ceil(extent)
+    if image.width == pixels:
+        # Pillow resizes across, then down: the black rows stay black across, so only the
+        # picture's rows are resized across before the black is added above and below.
+        across = image.resize((size, image.height), resample, box=(0, 0, extent, image.height))
+        strip = Image.new(image.mode, (size, pixels))
+        strip.paste(across, (0, top))
+        return strip.resize((size, size), resample, box=(0, 0, size, extent))
+    square = Image.new(image.mode, (pixels, pixels))
+    square.paste(image, (left, top))
+    return square.resize((size, size), resample, box=(0, 0, extent, extent))
+
+
+def _tile_image(processor: ProcessorMixin, image: np.ndarray) -> torch.Tensor:
+    """The photograph (3, H, W) resized by the Mllama image processor's own ``resize``, which
+    the processor then finds at its size and leaves as it is: the same pixel values in 1.4 ms
+    instead of 10 for a 1752 x 1168 photograph, as the processor copies a photograph
+    channels first before resizing it, and resizes that copy slower than the photograph's own
+    layout. On a canvas of several tiles a resized picture can fit a smaller canvas than the
+    photograph did (225 x 113 on up to four tiles): the processor is then given the
+    photograph."""
+    images = processor.image_processor
+
+    def fit(picture: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        return images.resize(picture, images.size, images.max_image_tiles, images.resample)
+
+    # DLPack shares the photograph's memory without torch.from_numpy's warning that decoding
+    # left it read-only (nothing writes to it); a view in another order (a flip, BGR
+    # reversed) is copied first, as torch takes no negative strides.
+    photograph = torch.from_dlpack(np.ascontiguousarray(image)).permute(2, 0, 1)
+    if getattr(images, "backend", None) != "torchvision":  # another resize: left to it
+        return photograph
+    resized, tiles = fit(photograph)
+    again, same_tiles = fit(resized)
+    return resized if (again.shape, same_tiles) == (resized.shape, tiles) else photograph
 
 
 def _unet_pixels(image: Image.Image, size: int) -> torch.Tensor:
@@ -198,8 +257,12 @@ def prepare_input(
 ) -> PreparedInput:
     """Validate and convert one study; ``unet_size`` None skips the U-Net image (baseline)."""
     _check_image(image)
-    picture = Image.fromarray(image)
-    encoded = processor(images=[[picture]], text=[prompt], return_tensors="pt")
+    encoded = processor(
+        images=[[_tile_image(processor, image)]],
+        text=[prompt],
+        return_tensors="pt",
+        input_data_format=ChannelDimension.FIRST,
+    )
     target = valid = None
     if seg_target is not None:
         if unet_size is None:
@@ -210,7 +273,7 @@ def prepare_input(
         pixel_values=encoded["pixel_values"][0],
         aspect_ratio_ids=encoded["aspect_ratio_ids"][0],
         aspect_ratio_mask=encoded["aspect_ratio_mask"][0],
-        unet_pixels=None if unet_size is None else _unet_pixels(picture, unet_size),
+        unet_pixels=None if unet_size is None else _unet_pixels(Image.fromarray(image), unet_size),
         seg_target=target,
         seg_valid=valid,
     )
