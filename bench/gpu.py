@@ -16,9 +16,9 @@ Printed as ``name: value`` lines:
   of the peak that is;
 - the worker's whole path (scores, masks, 16 text tokens) at batch 8 with one tile;
 - a worker's chunk of ``--chunk-images`` camera photographs (3504 x 2336 JPEG, bench/overlap.py):
-  read, decode, gradability and preparation in the worker's pool while the model runs on the
-  images ready, against the whole chunk prepared first: ms per image, the model's share, and
-  the preprocessing left exposed (``--chunk-images 0`` skips it);
+  read, decode, gradability and preparation in the worker's pool, the whole chunk prepared
+  first, overlapped with the model, and two chunks in flight taking turns on it: ms per image,
+  the model's share, and the preprocessing left exposed (``--chunk-images 0`` skips it);
 - one training step (AdamW) of the ``cross_attention`` strategy at batch 4: seconds and peak
   memory.
 

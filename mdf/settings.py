@@ -64,6 +64,13 @@ class Settings(BaseSettings):
         default=None, description="File holding the password of MDF_BROKER_URL (Docker secrets)."
     )
     chunk_size: int = Field(default=16, ge=1, le=1024, description="Images per inference task.")
+    chunks_in_flight: int = Field(
+        default=0,
+        ge=0,
+        le=8,
+        description="Chunks an inference worker runs at once, taking turns on the model while "
+        "the others are prepared; 0: 2 with the model off the CPU, 1 on it.",
+    )
     preprocess_threads: int = Field(
         default=0,
         ge=0,

@@ -124,8 +124,16 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     app = create_app(settings)
     serve(settings.metrics_port, *device_collectors(settings.device))
 
+    in_flight = chunks_in_flight(settings, queues)
+
     def on_ready(**_: object) -> None:
-        log.info("worker_ready", queues=queues, device=settings.device, burst=args.burst)
+        log.info(
+            "worker_ready",
+            queues=queues,
+            device=settings.device,
+            chunks_in_flight=in_flight,
+            burst=args.burst,
+        )
         if args.burst:
             from worker.burst import stop_when_idle
 
@@ -133,9 +141,11 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
     worker_ready.connect(on_ready, weak=False)
     hostname = args.hostname or f"{'+'.join(queues)}-{os.getpid()}@%h"
-    # Solo pool: tasks run in this process, where the model lives; concurrency 1 makes the
-    # prefetch exactly one chunk, so an idle worker beside a busy one gets the next chunk.
-    argv = ["worker", "--pool", "solo", "--concurrency", "1", "--queues", ",".join(queues)]
+    # Tasks run in this process, where the model lives: the solo pool, or with chunks in
+    # flight together, as many threads. The prefetch is exactly the chunks in flight
+    # (worker_prefetch_multiplier 1), so an idle worker beside a busy one gets the next chunk.
+    pool = ["--pool", "solo"] if in_flight == 1 else ["--pool", "threads"]
+    argv = ["worker", *pool, "--concurrency", str(in_flight), "--queues", ",".join(queues)]
     argv += ["--hostname", hostname]
     argv += ["--loglevel", settings.log_level, "--without-gossip", "--without-mingle"]
     try:
@@ -143,6 +153,16 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         if gpu_lock is not None:
             gpu_lock.close()
+
+
+def chunks_in_flight(settings: Settings, queues: list[str]) -> int:
+    """Inference chunks a worker runs at once. Two where the model has its own chip: one
+    chunk's images are prepared on the CPU while the other's are on the model, so the
+    model waits only for the night's first chunk. One on the CPU, where the two would
+    share the cores, and beside training, which wants the GPU alone."""
+    if "inference" not in queues or "training" in queues:
+        return 1
+    return settings.chunks_in_flight or (1 if settings.device == "cpu" else 2)
 
 
 def _ping(args: argparse.Namespace, settings: Settings) -> int:

@@ -14,6 +14,9 @@ this claim's token can write its results. Failures are kept as small as their ca
   the next ones (a model on the CPU, in one batch once all are prepared); a batched
   forward pass that raises is retried image by image, so an input that breaks the model
   fails alone too;
+- a worker may run several chunks at once (``MDF_CHUNKS_IN_FLIGHT``, two on a GPU): each
+  pass waits for its chunk's turn on the model (``ServedModel.turn``), so one chunk is
+  prepared while another is on the model;
 - a transient error (the database or broker unreachable) propagates unchanged:
   the task retries the whole chunk later and the claim makes that safe;
 - anything else fails the chunk's claimed images with the error as their reason
@@ -357,8 +360,10 @@ class Pipeline:
         """Claim and process a chunk; ``token`` names the claim (the task's id, so that its
         retry takes its own images back)."""
         started = time.perf_counter()
-        served = self.server.current()  # between chunks: the hot-reload point
-        with structlog.contextvars.bound_contextvars(model_version=served.name):
+        with (
+            self.server.serving() as served,  # between chunks: the hot-reload point
+            structlog.contextvars.bound_contextvars(model_version=served.name),
+        ):
             with self.sessions.begin() as session:
                 claim = lifecycle.claim(
                     session,
@@ -422,12 +427,14 @@ class Pipeline:
         outcome: ChunkOutcome,
     ) -> None:
         """The model runs on each batch of prepared images (with ``overlap``, while the
-        pool prepares the next ones); then one write. Timed: how long the model waited for
-        preprocessing, the model, the write, and the images' own preprocessing."""
+        pool prepares the next ones), when the chunk's turn on it comes (another chunk in
+        flight may hold it); then one write. Timed: how long the model waited for
+        preprocessing, the wait for the turn, the model, the write, and the images' own
+        preprocessing."""
         prepared: list[Prepared] = []
         classified: list[Classified] = []
         failures: dict[int, Failure] = {}
-        waited_ms = inference_ms = 0.0
+        waited_ms = turn_wait_ms = inference_ms = 0.0
         clock = time.perf_counter()
         for ready, failed in preprocess(
             images,
@@ -441,13 +448,16 @@ class Pipeline:
         ):
             start = time.perf_counter()
             waited_ms += (start - clock) * 1000
-            answered, unanswered = classify(
-                served.classifier,
-                [item for item in ready if item.input is not None],
-                max_new_tokens=self.max_new_tokens,
-            )
+            with served.turn:
+                turn = time.perf_counter()
+                answered, unanswered = classify(
+                    served.classifier,
+                    [item for item in ready if item.input is not None],
+                    max_new_tokens=self.max_new_tokens,
+                )
             clock = time.perf_counter()
-            inference_ms += (clock - start) * 1000
+            turn_wait_ms += (turn - start) * 1000
+            inference_ms += (clock - turn) * 1000
             prepared += ready
             classified += answered
             failures.update(failed | unanswered)
@@ -479,6 +489,7 @@ class Pipeline:
         outcome.add_timings(
             preprocess_ms=sum(item.preprocess_ms for item in prepared),
             preprocess_wait_ms=waited_ms,
+            model_wait_ms=turn_wait_ms,
             inference_ms=inference_ms,
             write_ms=(time.perf_counter() - start) * 1000,
         )

@@ -3,10 +3,15 @@
 The database decides: the promoted row of ``model_versions`` is served. Before
 anything was ever promoted, the checkpoint in ``MDF_MODEL_DIR`` is registered as a
 version (named after its manifest hash) and served, so a first night needs no
-training. ``ModelServer.current()`` runs before every chunk: one small query, and a
+training. ``ModelServer.serving()`` runs around every chunk: one small query, and a
 reload only when the promotion changed, so a chunk is always classified by one
-version. A promoted version is served only when its checkpoint's manifest hash is the
-one registered with it: a checkpoint replaced on disk with a rewritten manifest is
+version. A worker may run two chunks at once (one on the model while the other is
+prepared): a new version is then loaded only once no chunk holds the one served, so no
+more than two models are ever in memory, as with one chunk at a time, and the chunks take
+turns on the model (``ServedModel.turn``).
+
+A promoted version is served only when its checkpoint's manifest hash is the one
+registered with it: a checkpoint replaced on disk with a rewritten manifest is
 refused, with the version name and both hashes in the log line (which names a file by its
 path inside the checkpoint, never the checkpoint's directory). A checkpoint trained with
 another number of vision tiles than the worker's (``MDF_VISION_TILES``) is refused too,
@@ -21,10 +26,12 @@ nothing to serve.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 import structlog
@@ -97,10 +104,22 @@ class ServedModel:
     name: str
     classifier: Classifier
     referral: dict[str, Any] | None  # the version's referral thresholds (model_versions)
+    # Held for each forward pass: chunks in flight together take turns on the model.
+    turn: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
+
+
+class _Version(NamedTuple):
+    """A promoted version, as the database has it."""
+
+    version_id: int
+    name: str
+    path: Path
+    manifest_sha256: str
+    referral: dict[str, Any] | None
 
 
 class ModelServer:
-    """The classifier this process serves; call ``current()`` before each chunk."""
+    """The classifier this process serves; a chunk runs inside ``serving()``."""
 
     def __init__(
         self,
@@ -118,6 +137,8 @@ class ModelServer:
         self._loader = loader
         self._served: ServedModel | None = None
         self._broken: dict[int, str] = {}  # version id -> why it cannot be served
+        self._changing = threading.Condition()  # held to look at or change what is served
+        self._chunks = 0  # chunks inside serving()
 
     def _load(self, path: Path, expected: str | None = None) -> Classifier:
         """The checkpoint at ``path``; with ``expected``, only if its manifest hash is that.
@@ -143,25 +164,34 @@ class ModelServer:
             )
         return classifier
 
+    @contextmanager
+    def serving(self) -> Iterator[ServedModel]:
+        """The version a chunk is classified by, from start to end."""
+        with self._changing:
+            served = self._current()
+            self._chunks += 1
+        try:
+            yield served
+        finally:
+            with self._changing:
+                self._chunks -= 1
+                self._changing.notify_all()
+
     def current(self) -> ServedModel:
-        with self._sessions() as session:
-            promoted = promoted_version(session)
-            target = (
-                (
-                    promoted.id,
-                    promoted.name,
-                    Path(promoted.path),
-                    promoted.manifest_sha256,
-                    promoted.referral,
-                )
-                if promoted
-                else None
-            )
+        """The version to serve now (the worker checks it can serve one before it starts)."""
+        with self._changing:
+            return self._current()
+
+    def _current(self) -> ServedModel:
+        target = self._promoted()
         if target is None:
             return self._served or self._serve_model_dir()
         version_id, name, path, expected, referral = target
+        loaded = self._served is not None and self._served.version_id == version_id
+        if not loaded and version_id not in self._broken:  # not beside a chunk still running
+            self._changing.wait_for(lambda: self._chunks == 0)
         if self._served is not None and self._served.version_id == version_id:
-            return self._served
+            return self._served  # (perhaps loaded by a chunk that waited beside this one)
         if version_id not in self._broken:
             try:
                 classifier = self._load(path, expected)
@@ -175,6 +205,19 @@ class ModelServer:
                 f"promoted model version {name} cannot be loaded: {self._broken[version_id]}"
             )
         return self._served
+
+    def _promoted(self) -> _Version | None:
+        with self._sessions() as session:
+            promoted = promoted_version(session)
+            if promoted is None:
+                return None
+            return _Version(
+                promoted.id,
+                promoted.name,
+                Path(promoted.path),
+                promoted.manifest_sha256,
+                promoted.referral,
+            )
 
     def _serve_model_dir(self) -> ServedModel:
         if self._model_dir is None:

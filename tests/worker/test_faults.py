@@ -75,10 +75,10 @@ def _assert_one_prediction_each(sessions: sessionmaker[Session], n: int) -> None
     assert set(per_image.values()) == {1}
 
 
-def _waiting_on_predictions(engine: sa.Engine) -> bool:
-    """Some session of this database waits for a lock on the predictions table."""
+def _waiting_on_predictions(engine: sa.Engine) -> int:
+    """How many sessions of this database wait for a lock on the predictions table."""
     with engine.connect() as connection:
-        return bool(
+        return int(
             connection.scalar(
                 sa.text(
                     "SELECT count(*) FROM pg_locks AS l JOIN pg_class AS c ON c.oid = l.relation "
@@ -132,6 +132,46 @@ def test_a_worker_killed_mid_chunk_is_replaced_without_double_results(
     with sessions() as session:
         attempts = dict(session.execute(sa.select(Image.id, Image.attempts)).all())
     assert {attempts[i] for i in claimed} == {2}
+
+
+def test_a_worker_killed_with_two_chunks_in_flight_is_replaced_without_double_results(
+    worker_settings: Settings, sessions: sessionmaker[Session], start_worker, tmp_path: Path
+) -> None:
+    """Chunks in flight run in the threads of Celery's pool: both are classified and wait
+    to write when the worker dies; the next worker, two in flight too, writes each once."""
+    scheduler = Scheduler(worker_settings)
+    scheduler.ingest(_inbox(tmp_path / "inbox", 8))  # two chunks of four
+    engine = sa.create_engine(worker_settings.database_url)
+    with engine.connect() as blocker:
+        blocker.execute(sa.text("LOCK TABLE predictions IN SHARE ROW EXCLUSIVE MODE"))
+        first = start_worker("first", MDF_CLAIM_LEASE_S=LEASE_S, MDF_CHUNKS_IN_FLIGHT="2")
+        wait_for(
+            lambda: _waiting_on_predictions(engine) == 2,
+            timeout=READY_S,
+            what="the first worker to be writing both chunks",
+            interval=0.2,
+        )
+        first.kill()
+        assert Counter(statuses(sessions).values()) == {ImageStatus.PROCESSING: 8}
+        blocker.rollback()
+    engine.dispose()
+    (ready,) = first.events("worker_ready")
+    assert ready["chunks_in_flight"] == 2
+
+    requeued = 0
+
+    def all_lapsed() -> bool:  # each claim lapses in its turn, a chunk at a time
+        nonlocal requeued
+        again, failed = scheduler.requeue()
+        assert failed == 0
+        requeued += again
+        return requeued == 8
+
+    wait_for(all_lapsed, timeout=30, what="the dead worker's claims to lapse")
+    second = start_worker("second", "--burst", MDF_CHUNKS_IN_FLIGHT="2")
+    assert second.process.wait(FINISH_S) == 0, second.log()[-3000:]
+    _assert_one_prediction_each(sessions, 8)
+    assert len(second.events("chunk_finished")) == 2
 
 
 def test_redis_restarted_empty_mid_batch_is_recovered_by_requeue(
