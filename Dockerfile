@@ -35,7 +35,7 @@ ENV PATH=/opt/mdf/bin:$PATH \
     MDF_LOG_FORMAT=json
 WORKDIR /data
 USER mdf
-# A worker or the scheduler answers a Celery ping on this host; a solo worker answers
+# A worker or the scheduler answers a Celery ping on this host; a worker may answer
 # between chunks only, so allow for a long chunk. Compose sets the same per service.
 HEALTHCHECK --interval=60s --timeout=20s --start-period=120s --retries=5 \
     CMD ["mdf", "ping", "--timeout", "10"]

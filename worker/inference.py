@@ -16,15 +16,15 @@ this claim's token can write its results. Failures are kept as small as their ca
   fails alone too;
 - a worker may run several chunks at once (``MDF_CHUNKS_IN_FLIGHT``, two on a GPU): each
   pass waits for its chunk's turn on the model (``ServedModel.turn``), so one chunk is
-  prepared while another is on the model;
+  prepared while another is on the model; a chunk started before runs alone;
 - a transient error (the database or broker unreachable) propagates unchanged:
   the task retries the whole chunk later and the claim makes that safe;
 - anything else fails the chunk's claimed images with the error as their reason
   and is re-raised, so it is both recorded and logged.
 
-Per fresh chunk the database sees three round trips: the promoted-version check, the
-claim, and one transaction writing every prediction and failure (plus a lease renewal
-every third of the lease).
+Per fresh chunk the database sees four round trips: the claim, the promoted-version
+check, the start (an attempt counted for each image), and one transaction writing every
+prediction and failure (plus a lease renewal every third of the lease).
 """
 
 from __future__ import annotations
@@ -358,38 +358,40 @@ class Pipeline:
 
     def run(self, image_ids: Sequence[int], token: str | None = None) -> ChunkOutcome:
         """Claim and process a chunk; ``token`` names the claim (the task's id, so that its
-        retry takes its own images back)."""
+        retry takes its own images back).
+
+        The claim counts no attempt: a chunk may wait for its turn on the model (another
+        chunk in flight runs alone, or a new version is loaded), its lease renewed, and a
+        worker that dies meanwhile charges it nothing. A chunk started before runs alone:
+        should it kill its worker again, only its image in flight is charged, not those of
+        another chunk beside it."""
         started = time.perf_counter()
+        with self.sessions.begin() as session:
+            claim = lifecycle.claim(
+                session,
+                image_ids,
+                max_attempts=self.max_attempts,
+                lease_s=self.lease_s,
+                token=token,
+            )
+        for image_id in claim.exhausted:
+            log.warning("image_failed", image_id=image_id, reason_code=ReasonCode.TOO_MANY_ATTEMPTS)
+        # A chunk none of whose images was started before shares one forward pass: all are
+        # in flight together, so all are counted at once.
+        fresh = not any(image.attempts for image in claim.images)
+        ids = [image.id for image in claim.images]
         with (
-            self.server.serving() as served,  # between chunks: the hot-reload point
+            Heartbeat(self.sessions, ids, claim.token, self.lease_s),
+            self.server.serving(alone=not fresh) as served,  # the hot-reload point
             structlog.contextvars.bound_contextvars(model_version=served.name),
         ):
-            with self.sessions.begin() as session:
-                claim = lifecycle.claim(
-                    session,
-                    image_ids,
-                    max_attempts=self.max_attempts,
-                    lease_s=self.lease_s,
-                    token=token,
-                )
-                # A chunk none of whose images was started before shares one forward pass:
-                # all are in flight together, so all are counted at once.
-                fresh = not any(image.attempts for image in claim.images)
-                if fresh:
-                    lifecycle.start(session, [image.id for image in claim.images], claim.token)
             outcome = ChunkOutcome(served.name, skipped=claim.skipped)
-            for image_id in claim.exhausted:
-                log.warning(
-                    "image_failed", image_id=image_id, reason_code=ReasonCode.TOO_MANY_ATTEMPTS
-                )
             if claim.images:
-                ids = [image.id for image in claim.images]
                 try:
-                    with Heartbeat(self.sessions, ids, claim.token, self.lease_s):
-                        if fresh:
-                            self._classify_and_write(served, claim.images, claim.token, outcome)
-                        else:
-                            self._one_by_one(served, claim.images, claim.token, outcome)
+                    if fresh:
+                        self._start_and_classify(served, claim.images, claim.token, outcome)
+                    else:
+                        self._one_by_one(served, claim.images, claim.token, outcome)
                 except TRANSIENT_ERRORS:
                     raise
                 except Exception as error:
@@ -406,6 +408,15 @@ class Pipeline:
                 **outcome.counts(),
             )
         return outcome
+
+    def _start_and_classify(
+        self, served: ServedModel, images: list[ClaimedImage], token: str, outcome: ChunkOutcome
+    ) -> None:
+        """A fresh chunk: all its images counted as attempted at once, then one pass."""
+        with self.sessions.begin() as session:
+            held = set(lifecycle.start(session, [image.id for image in images], token))
+        outcome.taken_over += [image.id for image in images if image.id not in held]
+        self._classify_and_write(served, [i for i in images if i.id in held], token, outcome)
 
     def _one_by_one(
         self, served: ServedModel, images: list[ClaimedImage], token: str, outcome: ChunkOutcome

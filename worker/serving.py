@@ -139,6 +139,7 @@ class ModelServer:
         self._broken: dict[int, str] = {}  # version id -> why it cannot be served
         self._changing = threading.Condition()  # held to look at or change what is served
         self._chunks = 0  # chunks inside serving()
+        self._exclusive = False  # a chunk has the model to itself, or waits to
 
     def _load(self, path: Path, expected: str | None = None) -> Classifier:
         """The checkpoint at ``path``; with ``expected``, only if its manifest hash is that.
@@ -165,33 +166,61 @@ class ModelServer:
         return classifier
 
     @contextmanager
-    def serving(self) -> Iterator[ServedModel]:
-        """The version a chunk is classified by, from start to end."""
+    def serving(self, *, alone: bool = False) -> Iterator[ServedModel]:
+        """The version a chunk is classified by, from start to end. ``alone``: no other chunk
+        runs beside this one (a chunk started before, whose crash must be charged to its own
+        images only)."""
         with self._changing:
-            served = self._current()
-            self._chunks += 1
+            served = self._enter(alone)
         try:
             yield served
         finally:
             with self._changing:
                 self._chunks -= 1
+                if alone:
+                    self._exclusive = False
                 self._changing.notify_all()
 
     def current(self) -> ServedModel:
         """The version to serve now (the worker checks it can serve one before it starts)."""
         with self._changing:
-            return self._current()
+            return self._serve(self._promoted())
 
-    def _current(self) -> ServedModel:
+    def _enter(self, alone: bool) -> ServedModel:
+        """Under ``_changing``: a chunk that runs alone, or one that loads another version,
+        has the model to itself. It waits for the chunks running to end, and the chunks
+        that come meanwhile wait for it (none can keep it waiting for ever)."""
+        self._changing.wait_for(lambda: not self._exclusive)
         target = self._promoted()
+        if alone or self._stale(target):
+            self._exclusive = True
+            try:
+                self._changing.wait_for(lambda: self._chunks == 0)
+                served = self._serve(self._promoted())  # read again: it may have changed back
+            except BaseException:
+                self._exclusive = False
+                self._changing.notify_all()
+                raise
+            self._exclusive = alone
+            self._changing.notify_all()
+        else:
+            served = self._serve(target)
+        self._chunks += 1
+        return served
+
+    def _stale(self, target: _Version | None) -> bool:
+        """Whether serving ``target`` means loading a model."""
+        if target is None:
+            return self._served is None
+        loaded = self._served is not None and self._served.version_id == target.version_id
+        return not loaded and target.version_id not in self._broken
+
+    def _serve(self, target: _Version | None) -> ServedModel:
         if target is None:
             return self._served or self._serve_model_dir()
         version_id, name, path, expected, referral = target
-        loaded = self._served is not None and self._served.version_id == version_id
-        if not loaded and version_id not in self._broken:  # not beside a chunk still running
-            self._changing.wait_for(lambda: self._chunks == 0)
         if self._served is not None and self._served.version_id == version_id:
-            return self._served  # (perhaps loaded by a chunk that waited beside this one)
+            return self._served
         if version_id not in self._broken:
             try:
                 classifier = self._load(path, expected)

@@ -89,6 +89,26 @@ def _waiting_on_predictions(engine: sa.Engine) -> int:
         )
 
 
+def _all_resent(
+    scheduler: Scheduler, sessions: sessionmaker[Session], *, unclaimed: bool = False
+) -> tuple[int, int]:
+    """What the scheduler's requeue re-sent and gave up on, once every claim of a dead worker
+    lapsed (each in its turn); with ``unclaimed``, the queued images too, as it does after
+    MDF_REQUEUE_AFTER_S."""
+    total = [0, 0]
+
+    def lapsed() -> bool:
+        requeued, failed = scheduler.requeue()
+        total[0] += requeued
+        total[1] += failed
+        return total != [0, 0] and _count(sessions, ImageStatus.PROCESSING) == 0
+
+    wait_for(lapsed, timeout=30, what="the dead worker's claims to lapse")
+    if unclaimed:
+        total[0] += scheduler.requeue(older_than_s=0)[0]
+    return total[0], total[1]
+
+
 def _resent(scheduler: Scheduler) -> tuple[int, int] | None:
     """What the scheduler's requeue re-sent or gave up on (requeue_after_s not elapsed)."""
     requeued, failed = scheduler.requeue()
@@ -158,16 +178,7 @@ def test_a_worker_killed_with_two_chunks_in_flight_is_replaced_without_double_re
     (ready,) = first.events("worker_ready")
     assert ready["chunks_in_flight"] == 2
 
-    requeued = 0
-
-    def all_lapsed() -> bool:  # each claim lapses in its turn, a chunk at a time
-        nonlocal requeued
-        again, failed = scheduler.requeue()
-        assert failed == 0
-        requeued += again
-        return requeued == 8
-
-    wait_for(all_lapsed, timeout=30, what="the dead worker's claims to lapse")
+    assert _all_resent(scheduler, sessions) == (8, 0)
     second = start_worker("second", "--burst", MDF_CHUNKS_IN_FLIGHT="2")
     assert second.process.wait(FINISH_S) == 0, second.log()[-3000:]
     _assert_one_prediction_each(sessions, 8)
@@ -311,31 +322,44 @@ def test_two_workers_on_one_queue_never_predict_an_image_twice(
     assert not any(worker.events("chunk_failed") for worker in workers)
 
 
+@pytest.mark.parametrize("in_flight", [1, 2])
 def test_an_image_that_kills_its_worker_fails_alone_and_its_chunk_mates_end_done(
     worker_settings: Settings,
     sessions: sessionmaker[Session],
     start_worker,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    in_flight: int,
 ) -> None:
-    settings = _with(monkeypatch, MDF_CHUNK_SIZE="16")
+    """One chunk of 16, or two of 8 in flight together. The first crash charges every image
+    in flight; then each chunk, started before, runs alone and image by image, so the poison
+    alone is charged again: the chunk beside it in flight is not."""
+    settings = _with(monkeypatch, MDF_CHUNK_SIZE=str(16 // in_flight))
     inbox = _inbox(tmp_path / "inbox", 15)
     picture = np.full((96, 96, 3), (200, 60, 40), dtype=np.uint8)
     PILImage.fromarray(picture).save(inbox / "poison.jpg", comment=POISON)
     scheduler = Scheduler(settings)
     _, queued = scheduler.ingest(inbox)
-    assert queued == 16  # one chunk
+    assert queued == 16
     with sessions() as session:
         poison = session.scalar(sa.select(Image.id).where(Image.source_path.endswith("poison.jpg")))
-    crashing = {"PYTHONPATH": str(CRASHING_DECODER), "MDF_CLAIM_LEASE_S": LEASE_S}
+    crashing = {
+        "PYTHONPATH": str(CRASHING_DECODER),
+        "MDF_CLAIM_LEASE_S": LEASE_S,
+        "MDF_CHUNKS_IN_FLIGHT": str(in_flight),
+    }
     resent = []
     for attempt in range(settings.max_attempts):
         victim = start_worker(f"victim{attempt}", **crashing)
         assert victim.process.wait(READY_S + FINISH_S) == -signal.SIGKILL, victim.log()[-3000:]
-        resent.append(wait_for(lambda: _resent(scheduler), timeout=30, what="a lapsed claim"))
-    # Three crashes: the first ran the chunk together, the next two image by image; then
+        # A worker that dies within moments of its start may hold a chunk it did not claim
+        # yet: queued, it is re-sent after MDF_REQUEUE_AFTER_S, here at once.
+        resent.append(_all_resent(scheduler, sessions, unclaimed=in_flight > 1))
+    # Three crashes: the first ran the chunks together, the next two image by image; then
     # the scheduler gave up on the poison alone and re-sent the rest.
-    assert resent[0] == (16, 0) and resent[-1][1] == 1
+    assert resent[-1][1] == 1
+    if in_flight == 1:
+        assert resent[0] == (16, 0)
     survivor = start_worker("survivor", "--burst", **crashing)
     assert survivor.process.wait(FINISH_S) == 0, survivor.log()[-3000:]
     with sessions() as session:

@@ -4,7 +4,9 @@ two take turns on it, and a new version is never loaded beside a chunk still run
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,10 +20,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mdf.settings import Settings
 from worker.cli import chunks_in_flight
-from worker.inference import ChunkOutcome
 from worker.serving import ModelServer
 
 WAIT_S = 20  # only reached when the chunks do not overlap as they should
+HOLD_S = 1.5  # how long the first chunk's pass holds the model once the second is prepared
 FIRST, SECOND = (200, 220), (50, 70)  # the red of the first chunk's pictures, the second's
 
 
@@ -33,6 +35,7 @@ class TurnTakingClassifier(FakeClassifier):
 
     model_busy: threading.Event = field(default_factory=threading.Event)
     second_prepared: threading.Event = field(default_factory=threading.Event)
+    prepared_meanwhile: bool = False
     running: int = 0
     most_running: int = 0
 
@@ -47,8 +50,8 @@ class TurnTakingClassifier(FakeClassifier):
         try:
             if not self.model_busy.is_set():
                 self.model_busy.set()
-                self.second_prepared.wait(WAIT_S)
-                threading.Event().wait(0.5)  # the second chunk reaches the model meanwhile
+                self.prepared_meanwhile = self.second_prepared.wait(WAIT_S)
+                time.sleep(HOLD_S)  # the second chunk reaches the model meanwhile
             return super().classify_prepared(batch, **kwargs)
         finally:
             self.running -= 1
@@ -62,47 +65,72 @@ def test_a_chunk_is_prepared_while_another_is_on_the_model_and_they_take_turns(
     reds = [*FIRST, *SECOND]
     ids = add_files(sessions, [write_jpeg(tmp_path / f"{i}.jpg", r) for i, r in enumerate(reds)])
     first, second = ids[:2], ids[2:]
-    outcomes: dict[str, ChunkOutcome] = {}
-
-    def run(name: str, ids: list[int]) -> None:
-        outcomes[name] = pipeline.run(ids, token=name)
-
-    threads = [threading.Thread(target=run, args=("first", first))]
-    threads[0].start()
-    assert classifier.model_busy.wait(WAIT_S)
-    threads.append(threading.Thread(target=run, args=("second", second)))
-    threads[1].start()
-    for thread in threads:
-        thread.join(2 * WAIT_S)
-    assert classifier.second_prepared.is_set()  # prepared while the first held the model
+    with ThreadPoolExecutor(max_workers=2) as chunks:
+        one = chunks.submit(pipeline.run, first, "first")
+        assert classifier.model_busy.wait(WAIT_S)
+        other = chunks.submit(pipeline.run, second, "second")
+        outcomes = [one.result(2 * WAIT_S), other.result(2 * WAIT_S)]
+    assert classifier.prepared_meanwhile  # the second chunk, while the first held the model
     assert classifier.most_running == 1  # ...whose passes never ran side by side
-    assert outcomes["second"].timings_ms["model_wait_ms"] > 100
-    assert outcomes["first"].written == first and outcomes["second"].written == second
-    assert predictions_per_image(sessions) == dict.fromkeys(first + second, 1)
+    assert outcomes[1].timings_ms["model_wait_ms"] > HOLD_S * 1000 / 2
+    assert [outcome.written for outcome in outcomes] == [first, second]
+    assert predictions_per_image(sessions) == dict.fromkeys(ids, 1)
 
 
-def test_a_new_version_is_loaded_only_once_no_chunk_holds_the_served_one(
+def _blocked(thread: threading.Thread) -> bool:
+    thread.join(0.5)
+    return thread.is_alive()
+
+
+def test_a_new_version_is_loaded_once_no_chunk_holds_the_served_one_if_still_promoted(
     sessions: sessionmaker[Session], fake_loader: FakeLoader, tmp_path: Path
 ) -> None:
     server = ModelServer(sessions, model_dir=None, device="cpu", vision_tiles=1, loader=fake_loader)
     promote(sessions, "v1", tmp_path / "v1")
-    served: dict[str, str] = {}
+    served: list[str] = []
 
     def next_chunk() -> None:
         with server.serving() as model:
-            served["next"] = model.name
+            served.append(model.name)
 
     with server.serving() as running:
         assert running.name == "v1"
         promote(sessions, "v2", tmp_path / "v2")
         waiting = threading.Thread(target=next_chunk)
         waiting.start()
-        waiting.join(0.5)
-        assert waiting.is_alive() and fake_loader.loads == [tmp_path / "v1"]
+        assert _blocked(waiting) and fake_loader.loads == [tmp_path / "v1"]
+        promote(sessions, "v3", tmp_path / "v3")  # v2 withdrawn before it was ever loaded
     waiting.join(WAIT_S)
-    assert served == {"next": "v2"} and fake_loader.loads == [tmp_path / "v1", tmp_path / "v2"]
-    with server.serving() as model:  # loaded once, not again by the chunk that waited
-        assert model.name == "v2" and len(fake_loader.loads) == 2
+    assert served == ["v3"] and fake_loader.loads == [tmp_path / "v1", tmp_path / "v3"]
+    with server.serving() as model:  # loaded once, not again by the next chunk
+        assert model.name == "v3" and len(fake_loader.loads) == 2
+
+
+def test_a_chunk_started_before_runs_alone_and_the_next_chunks_wait_for_it(
+    sessions: sessionmaker[Session], fake_loader: FakeLoader, tmp_path: Path
+) -> None:
+    server = ModelServer(sessions, model_dir=None, device="cpu", vision_tiles=1, loader=fake_loader)
+    promote(sessions, "v1", tmp_path / "v1")
+    inside: list[str] = []
+    leave = threading.Event()
+
+    def chunk(name: str, alone: bool) -> None:
+        with server.serving(alone=alone):
+            inside.append(name)
+            leave.wait(WAIT_S)
+
+    with server.serving():
+        alone = threading.Thread(target=chunk, args=("alone", True))
+        alone.start()
+        assert _blocked(alone)  # waits for the chunk running
+        later = threading.Thread(target=chunk, args=("later", False))
+        later.start()
+        assert _blocked(later) and inside == []  # waits behind the one that waits
+    assert _blocked(later) and inside == ["alone"]
+    leave.set()
+    alone.join(WAIT_S)
+    later.join(WAIT_S)
+    assert inside == ["alone", "later"]
 
 
 @pytest.mark.parametrize(
