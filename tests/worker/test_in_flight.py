@@ -82,11 +82,19 @@ def _blocked(thread: threading.Thread) -> bool:
     return thread.is_alive()
 
 
-def test_a_new_version_is_loaded_once_no_chunk_holds_the_served_one_if_still_promoted(
-    sessions: sessionmaker[Session], fake_loader: FakeLoader, tmp_path: Path
-) -> None:
-    server = ModelServer(sessions, model_dir=None, device="cpu", vision_tiles=1, loader=fake_loader)
+@pytest.fixture
+def server(sessions: sessionmaker[Session], fake_loader: FakeLoader, tmp_path: Path) -> ModelServer:
+    """A worker's server with version v1 promoted."""
     promote(sessions, "v1", tmp_path / "v1")
+    return ModelServer(sessions, model_dir=None, device="cpu", vision_tiles=1, loader=fake_loader)
+
+
+def test_a_new_version_is_loaded_once_no_chunk_holds_the_served_one_if_still_promoted(
+    server: ModelServer,
+    sessions: sessionmaker[Session],
+    fake_loader: FakeLoader,
+    tmp_path: Path,
+) -> None:
     served: list[str] = []
 
     def next_chunk() -> None:
@@ -107,10 +115,8 @@ def test_a_new_version_is_loaded_once_no_chunk_holds_the_served_one_if_still_pro
 
 
 def test_a_chunk_started_before_runs_alone_and_the_next_chunks_wait_for_it(
-    sessions: sessionmaker[Session], fake_loader: FakeLoader, tmp_path: Path
+    server: ModelServer,
 ) -> None:
-    server = ModelServer(sessions, model_dir=None, device="cpu", vision_tiles=1, loader=fake_loader)
-    promote(sessions, "v1", tmp_path / "v1")
     inside: list[str] = []
     leave = threading.Event()
 
