@@ -158,8 +158,8 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 def chunks_in_flight(settings: Settings, queues: list[str]) -> int:
     """Inference chunks a worker runs at once. Two where the model has its own chip: one
     chunk's images are prepared on the CPU while the other's are on the model, so the
-    model waits only for the night's first chunk. One on the CPU, where the two would
-    share the cores, and beside training, which wants the GPU alone."""
+    model does not wait for each chunk's first round of preparation. One on the CPU, where
+    the two would share the cores, and beside training, which wants the GPU alone."""
     if "inference" not in queues or "training" in queues:
         return 1
     return settings.chunks_in_flight or (1 if settings.device == "cpu" else 2)

@@ -192,19 +192,16 @@ class ModelServer:
         that come meanwhile wait for it (none can keep it waiting for ever)."""
         self._changing.wait_for(lambda: not self._exclusive)
         target = self._promoted()
-        if alone or self._stale(target):
+        if (alone or self._stale(target)) and self._chunks:
             self._exclusive = True
             try:
                 self._changing.wait_for(lambda: self._chunks == 0)
-                served = self._serve(self._promoted())  # read again: it may have changed back
-            except BaseException:
+            finally:
                 self._exclusive = False
                 self._changing.notify_all()
-                raise
-            self._exclusive = alone
-            self._changing.notify_all()
-        else:
-            served = self._serve(target)
+            target = self._promoted()  # again: it may have changed back meanwhile
+        served = self._serve(target)  # a load holds _changing: no chunk starts beside it
+        self._exclusive = alone
         self._chunks += 1
         return served
 
