@@ -468,6 +468,8 @@ def processing(night: str) -> dict[str, str]:
         "FROM images AS i WHERE i.status = 'done' AND EXISTS (SELECT 1 FROM image_paths AS p "
         f"WHERE p.image_id = i.id AND p.path LIKE '/inbox/{night}/%')"
     )
+    if not int(done):  # settled() looks at ended statuses, not at which: say what they are
+        raise CheckFailed(f"no image of {night} ended done: {outcomes(f'/inbox/{night}/')}")
     return {
         f"{night}_processing_s": f"{float(seconds):.1f}",
         f"{night}_images_per_s": f"{int(done) / float(seconds):.2f}",
